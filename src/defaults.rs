@@ -1,0 +1,25 @@
+//! Production defaults, in one place. Everything that touches the outside
+//! world takes its root or directory as a value; these are only the values
+//! the command line starts from.
+
+pub const SYSFS_ROOT: &str = "/sys";
+pub const DEV_ROOT: &str = "/dev";
+pub const CACHE_DIR: &str = "/var/cache/cloud";
+pub const SSH_DIR: &str = "/root/.ssh";
+pub const PATTERN: &str = "*.vport";
+
+/// Seconds to wait for the host's message once the port is open.
+pub const TIMEOUT_SECS: f64 = 180.0;
+/// Seconds to wait for a matching port to appear.
+pub const PORT_TIMEOUT_SECS: f64 = 30.0;
+/// Seconds to wait for fresh data when a cmdline is already stored (reboot).
+pub const GRACE_SECS: f64 = 5.0;
+/// Seconds of quiet after a cmdline line, with the host still connected,
+/// after which the message counts as complete.
+pub const SETTLE_SECS: f64 = 0.2;
+/// Interval of the safety-net rescan while waiting for a port.
+pub const RESCAN_MS: u16 = 500;
+
+/// Host side (`send`), as CloudStack's patchviasocket.py has them.
+pub const SOCKET_DIR: &str = "/var/lib/libvirt/qemu";
+pub const PUBKEY_FILE: &str = "/root/.ssh/id_rsa.pub.cloud";

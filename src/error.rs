@@ -1,0 +1,126 @@
+//! One error type for the whole program; each variant carries the path, port
+//! or value it concerns and maps to one sysexits(3) exit code.
+
+use std::io;
+use std::path::PathBuf;
+
+/// Exit codes (sysexits.h), documented in the README.
+pub mod exit {
+    pub const OK: i32 = 0;
+    /// `get`: the key is not in the stored cmdline.
+    pub const NOT_FOUND: i32 = 1;
+    /// EX_USAGE: bad command line.
+    pub const USAGE: i32 = 64;
+    /// EX_DATAERR: the host (or a stored file) sent data we refuse.
+    pub const DATA: i32 = 65;
+    /// EX_UNAVAILABLE: no port, or nothing arrived before the deadline.
+    pub const UNAVAILABLE: i32 = 69;
+    /// EX_IOERR: reading or writing a file or the port failed.
+    pub const IO: i32 = 74;
+    /// EX_TEMPFAIL: the port is held by another process.
+    pub const BUSY: i32 = 75;
+    /// EX_NOPERM: the host side was refused access to the socket.
+    pub const NOPERM: i32 = 77;
+    /// EX_PROTOCOL: the guest answered with a wrong acknowledgement.
+    pub const PROTOCOL: i32 = 76;
+    /// EX_NOINPUT: an input file (the host's public key) is missing or empty.
+    pub const NOINPUT: i32 = 66;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error(
+        "port {name} ({node}) is held by another process; stop it or pick another port with --name"
+    )]
+    PortBusy { name: String, node: PathBuf },
+
+    #[error("port {name} ({node}) was unplugged while it was being read")]
+    PortGone { name: String, node: PathBuf },
+
+    #[error(
+        "{node} is device {found} but sysfs says port {name} is {expected}; refusing to read it"
+    )]
+    DeviceMismatch {
+        name: String,
+        node: PathBuf,
+        found: String,
+        expected: String,
+    },
+
+    #[error("no virtio port matching {pattern} appeared under {dir} within {secs} s")]
+    NoPort {
+        pattern: String,
+        dir: PathBuf,
+        secs: f64,
+    },
+
+    #[error("no complete message arrived on port {name} within {secs} s")]
+    Timeout { name: String, secs: f64 },
+
+    #[error("bad data from the host on port {port}: {problem}")]
+    BadData { port: String, problem: String },
+
+    #[error("bad stored data in {path}: {problem}")]
+    BadStored { path: PathBuf, problem: String },
+
+    #[error("{0}")]
+    Usage(String),
+
+    #[error("{what} {path}: {problem}")]
+    NoInput {
+        what: &'static str,
+        path: PathBuf,
+        problem: String,
+    },
+
+    #[error("permission denied on {path}: {source}")]
+    NoPermission {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error("{0}")]
+    Protocol(String),
+
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl Error {
+    /// Wraps an I/O error with what was being done and to which path.
+    pub fn io(what: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
+        Error::Io {
+            what,
+            path: path.into(),
+            source,
+        }
+    }
+
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Io { .. } => exit::IO,
+            Error::PortBusy { .. } => exit::BUSY,
+            Error::PortGone { .. } | Error::NoPort { .. } | Error::Timeout { .. } => {
+                exit::UNAVAILABLE
+            }
+            Error::Unavailable(_) => exit::UNAVAILABLE,
+            Error::DeviceMismatch { .. } => exit::UNAVAILABLE,
+            Error::BadData { .. } | Error::BadStored { .. } => exit::DATA,
+            Error::Usage(_) => exit::USAGE,
+            Error::NoInput { .. } => exit::NOINPUT,
+            Error::NoPermission { .. } => exit::NOPERM,
+            Error::Protocol(_) => exit::PROTOCOL,
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,133 @@
+//! The boot job: find the port, read one whole message, store it, ack it.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+use crate::ports::{Selector, GUEST_AGENT_PORT};
+use crate::protocol::{ack_line, Decoder};
+use crate::reader::{PortReader, Received};
+use crate::store::{self, Targets};
+use crate::wait::wait_for_port;
+use crate::{info, warn};
+
+#[derive(Debug, Clone)]
+pub struct FetchOptions {
+    pub sysfs_root: PathBuf,
+    pub dev_root: PathBuf,
+    pub selector: Selector,
+    pub targets: Targets,
+    /// Waiting for a whole message once the port is open.
+    pub timeout: Duration,
+    /// Waiting for a matching port to appear.
+    pub port_timeout: Duration,
+    /// Waiting for fresh data when a cmdline is already stored.
+    pub grace: Duration,
+    /// Quiet time after a cmdline line that ends the message.
+    pub settle: Duration,
+    /// Write `ack:<sha256>` back; false opens the port read-only.
+    pub ack: bool,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// A fresh message was stored.
+    Stored { port: String, pubkey: bool },
+    /// Nothing fresh within the grace period; the stored cmdline stays.
+    KeptStored,
+}
+
+pub fn fetch(opts: &FetchOptions) -> Result<Outcome> {
+    if opts.selector.name.as_deref() == Some(GUEST_AGENT_PORT) {
+        return Err(Error::Usage(format!(
+            "--name {GUEST_AGENT_PORT}: that is the QEMU guest agent's port, which this program never opens"
+        )));
+    }
+    let start = Instant::now();
+    let reboot = store::stored_cmdline(&opts.targets.cache_dir)?.is_some();
+    if reboot {
+        info!(
+            "{} already holds a cmdline; waiting up to {:?} for fresh parameters",
+            opts.targets.cmdline().display(),
+            opts.grace
+        );
+    }
+    let port_wait = if reboot {
+        opts.grace
+    } else {
+        opts.port_timeout
+    };
+    let Some(port) = wait_for_port(
+        &opts.sysfs_root,
+        &opts.dev_root,
+        &opts.selector,
+        start + port_wait,
+    )?
+    else {
+        if reboot {
+            return kept(opts);
+        }
+        return Err(Error::NoPort {
+            pattern: opts.selector.describe(),
+            dir: opts.sysfs_root.join("class/virtio-ports"),
+            secs: port_wait.as_secs_f64(),
+        });
+    };
+    let mut reader = PortReader::open(&port, opts.ack)?;
+    let opened = Instant::now();
+    let mut decoder = Decoder::new();
+    let first_wait = if reboot { opts.grace } else { opts.timeout };
+    let mut received = reader.receive(&mut decoder, opened + first_wait, opts.settle)?;
+    if reboot && matches!(received, Received::TimedOut) && decoder.received_any() {
+        // Data started arriving within the grace period: the host is
+        // sending, so give it the full timeout to finish.
+        info!(
+            "fresh data is arriving; waiting up to {:?} for the rest",
+            opts.timeout
+        );
+        received = reader.receive(&mut decoder, opened + opts.timeout, opts.settle)?;
+    }
+    let message = match received {
+        Received::Message(m) => m,
+        Received::TimedOut if reboot && !decoder.received_any() => return kept(opts),
+        Received::TimedOut => {
+            if decoder.pending() > 0 {
+                warn!(
+                    "dropping {} bytes of an unfinished line at the deadline",
+                    decoder.pending()
+                );
+            }
+            return Err(Error::Timeout {
+                name: reader.label().to_owned(),
+                secs: if reboot { opts.timeout } else { first_wait }.as_secs_f64(),
+            });
+        }
+    };
+    store::store(&message, &opts.targets)?;
+    info!(
+        "stored the cmdline ({} bytes) in {}{}",
+        message.cmdline.len(),
+        opts.targets.cmdline().display(),
+        if message.pubkey.is_some() {
+            " and the public key in both authorized_keys files"
+        } else {
+            ""
+        }
+    );
+    if opts.ack {
+        reader.ack(&ack_line(&message.cmdline));
+    }
+    Ok(Outcome::Stored {
+        port: reader.label().to_owned(),
+        pubkey: message.pubkey.is_some(),
+    })
+}
+
+fn kept(opts: &FetchOptions) -> Result<Outcome> {
+    info!(
+        "no fresh parameters within the grace period of {:?}; keeping those in {}",
+        opts.grace,
+        opts.targets.cmdline().display()
+    );
+    Ok(Outcome::KeptStored)
+}

@@ -1,0 +1,48 @@
+//! Logging to stderr: one line per event, plain text (no colour, so journald
+//! and the serial console get it as it is).
+
+use std::sync::atomic::{AtomicU8, Ordering};
+
+pub const ERROR: u8 = 0;
+pub const WARN: u8 = 1;
+pub const INFO: u8 = 2;
+pub const DEBUG: u8 = 3;
+
+static LEVEL: AtomicU8 = AtomicU8::new(INFO);
+
+pub fn set_level(level: u8) {
+    LEVEL.store(level, Ordering::Relaxed);
+}
+
+pub fn enabled(level: u8) -> bool {
+    level <= LEVEL.load(Ordering::Relaxed)
+}
+
+/// Writes one line. Embedded newlines are escaped so that one event is
+/// always one line, whatever text (host data included) it carries.
+pub fn emit(level: u8, args: std::fmt::Arguments) {
+    if !enabled(level) {
+        return;
+    }
+    let tag = match level {
+        ERROR => "error: ",
+        WARN => "warning: ",
+        DEBUG => "debug: ",
+        _ => "",
+    };
+    let text = args.to_string().replace('\n', "\\n");
+    eprintln!("vport-bootargs: {tag}{text}");
+}
+
+#[macro_export]
+macro_rules! warn {
+    ($($t:tt)*) => { $crate::log::emit($crate::log::WARN, format_args!($($t)*)) };
+}
+#[macro_export]
+macro_rules! info {
+    ($($t:tt)*) => { $crate::log::emit($crate::log::INFO, format_args!($($t)*)) };
+}
+#[macro_export]
+macro_rules! debug {
+    ($($t:tt)*) => { $crate::log::emit($crate::log::DEBUG, format_args!($($t)*)) };
+}

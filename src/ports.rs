@@ -1,0 +1,252 @@
+//! Finding the port: which `vportNpM` carries the name we want.
+//!
+//! The kernel's virtio_console driver names device nodes `vport<dev>p<port>`
+//! in probe order, which is not ABI; the port's name (the `name=` of QEMU's
+//! virtserialport, e.g. `s-1-VM.vport`) is in
+//! `<sysfs>/class/virtio-ports/vportNpM/name`. That file appears only once
+//! the host has sent the name (a `change` uevent), so a port without it is
+//! "not yet". udev's `/dev/virtio-ports/<name>` links are shown when present,
+//! but the node read is always `<dev-root>/vportNpM`, which devtmpfs makes
+//! without udev (early boot, initramfs).
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use crate::pattern::glob_match;
+
+/// QEMU guest agent's port. Never opened: a second opener of a virtio port
+/// gets EBUSY, and qemu-ga would then fail to start.
+pub const GUEST_AGENT_PORT: &str = "org.qemu.guest_agent.0";
+
+/// How the port to read is chosen.
+#[derive(Debug, Clone)]
+pub struct Selector {
+    /// Glob on the whole port name, e.g. `*.vport`.
+    pub pattern: String,
+    /// When set, exactly this port name and nothing else.
+    pub name: Option<String>,
+}
+
+impl Selector {
+    pub fn describe(&self) -> String {
+        match &self.name {
+            Some(name) => format!("name {name}"),
+            None => format!("pattern {}", self.pattern),
+        }
+    }
+
+    fn matches(&self, name: &str) -> bool {
+        match &self.name {
+            Some(n) => n == name,
+            None => glob_match(&self.pattern, name),
+        }
+    }
+}
+
+/// One virtio port as sysfs and /dev show it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Port {
+    /// The sysfs entry and device node name, e.g. `vport0p1`.
+    pub entry: String,
+    /// The port name, or None while the host has not sent it.
+    pub name: Option<String>,
+    /// major:minor from sysfs `dev`.
+    pub dev: Option<(u32, u32)>,
+    /// The node to open: `<dev-root>/<entry>`.
+    pub node: PathBuf,
+    /// udev's `<dev-root>/virtio-ports/<name>`, when it exists.
+    pub link: Option<PathBuf>,
+    pub verdict: Verdict,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Chosen,
+    /// Matches, but another matching port came first.
+    AlsoMatches {
+        chosen: String,
+    },
+    GuestAgent,
+    NoName,
+    NoMatch,
+}
+
+impl Verdict {
+    pub fn describe(&self) -> String {
+        match self {
+            Verdict::Chosen => "chosen".into(),
+            Verdict::AlsoMatches { chosen } => {
+                format!("ignored: matches too, but {chosen} comes first")
+            }
+            Verdict::GuestAgent => "ignored: QEMU guest agent's port, never opened".into(),
+            Verdict::NoName => "ignored: no name yet".into(),
+            Verdict::NoMatch => "ignored: name does not match".into(),
+        }
+    }
+}
+
+/// Every port under `<sysfs>/class/virtio-ports`, in device then port
+/// number order, each with its verdict for `sel`. A missing class directory
+/// (no virtio_console loaded yet) is an empty list.
+pub fn scan(sysfs_root: &Path, dev_root: &Path, sel: &Selector) -> io::Result<Vec<Port>> {
+    let class = sysfs_root.join("class/virtio-ports");
+    let entries = match fs::read_dir(&class) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut ports = Vec::new();
+    for entry in entries {
+        let entry = entry?;
+        let Ok(entry_name) = entry.file_name().into_string() else {
+            continue;
+        };
+        let dir = class.join(&entry_name);
+        let name = read_attr(&dir.join("name"))?.filter(|n| !n.is_empty());
+        let dev = read_attr(&dir.join("dev"))?.and_then(|d| parse_dev(&d));
+        let link = name
+            .as_ref()
+            .map(|n| dev_root.join("virtio-ports").join(n))
+            .filter(|l| l.symlink_metadata().is_ok());
+        ports.push(Port {
+            node: dev_root.join(&entry_name),
+            entry: entry_name,
+            name,
+            dev,
+            link,
+            verdict: Verdict::NoMatch,
+        });
+    }
+    ports.sort_by_key(|p| sort_key(&p.entry));
+    classify(&mut ports, sel);
+    Ok(ports)
+}
+
+/// Sets each port's verdict. The first matching port in `vport<dev>p<port>`
+/// numeric order is chosen: deterministic, and the order QEMU gives ports
+/// that are declared in that order.
+pub fn classify(ports: &mut [Port], sel: &Selector) {
+    let mut chosen: Option<String> = None;
+    for port in ports.iter_mut() {
+        port.verdict = match port.name.as_deref() {
+            None => Verdict::NoName,
+            Some(GUEST_AGENT_PORT) => Verdict::GuestAgent,
+            Some(name) if sel.matches(name) => match &chosen {
+                Some(first) => Verdict::AlsoMatches {
+                    chosen: first.clone(),
+                },
+                None => {
+                    chosen = Some(port.entry.clone());
+                    Verdict::Chosen
+                }
+            },
+            Some(_) => Verdict::NoMatch,
+        };
+    }
+}
+
+pub fn chosen(ports: &[Port]) -> Option<&Port> {
+    ports.iter().find(|p| p.verdict == Verdict::Chosen)
+}
+
+/// Reads a one-line sysfs attribute; None when it does not exist.
+fn read_attr(path: &Path) -> io::Result<Option<String>> {
+    match fs::read_to_string(path) {
+        Ok(s) => Ok(Some(s.trim_end_matches('\n').to_owned())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// `MAJOR:MINOR` as sysfs writes it.
+pub fn parse_dev(s: &str) -> Option<(u32, u32)> {
+    let (major, minor) = s.trim().split_once(':')?;
+    Some((major.parse().ok()?, minor.parse().ok()?))
+}
+
+/// `vport3p12` sorts as (3, 12, name); anything else after all of those.
+fn sort_key(entry: &str) -> (u64, u64, String) {
+    let numbers = entry
+        .strip_prefix("vport")
+        .and_then(|rest| rest.split_once('p'))
+        .and_then(|(d, p)| Some((d.parse().ok()?, p.parse().ok()?)));
+    let (d, p) = numbers.unwrap_or((u64::MAX, u64::MAX));
+    (d, p, entry.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn port(entry: &str, name: Option<&str>) -> Port {
+        Port {
+            entry: entry.into(),
+            name: name.map(Into::into),
+            dev: None,
+            node: PathBuf::from("/dev").join(entry),
+            link: None,
+            verdict: Verdict::NoMatch,
+        }
+    }
+
+    fn vport() -> Selector {
+        Selector {
+            pattern: "*.vport".into(),
+            name: None,
+        }
+    }
+
+    #[test]
+    fn guest_agent_is_never_chosen_even_by_pattern() {
+        let mut ports = vec![port("vport0p1", Some(GUEST_AGENT_PORT))];
+        let sel = Selector {
+            pattern: "*".into(),
+            name: None,
+        };
+        classify(&mut ports, &sel);
+        assert_eq!(ports[0].verdict, Verdict::GuestAgent);
+        assert!(chosen(&ports).is_none());
+    }
+
+    #[test]
+    fn first_match_in_numeric_order_is_chosen() {
+        let mut ports = vec![
+            port("vport0p2", Some("b.vport")),
+            port("vport0p10", Some("c.vport")),
+            port("vport0p1", Some("x")),
+        ];
+        ports.sort_by_key(|p| sort_key(&p.entry));
+        classify(&mut ports, &vport());
+        assert_eq!(chosen(&ports).unwrap().entry, "vport0p2");
+        assert_eq!(
+            ports[2].verdict,
+            Verdict::AlsoMatches {
+                chosen: "vport0p2".into()
+            }
+        );
+    }
+
+    #[test]
+    fn name_selects_exactly() {
+        let mut ports = vec![
+            port("vport0p1", Some("a.vport")),
+            port("vport0p2", Some("b.vport")),
+            port("vport0p3", None),
+        ];
+        let sel = Selector {
+            pattern: "*.vport".into(),
+            name: Some("b.vport".into()),
+        };
+        classify(&mut ports, &sel);
+        assert_eq!(chosen(&ports).unwrap().entry, "vport0p2");
+        assert_eq!(ports[0].verdict, Verdict::NoMatch);
+        assert_eq!(ports[2].verdict, Verdict::NoName);
+    }
+
+    #[test]
+    fn dev_attribute_parses() {
+        assert_eq!(parse_dev("251:1\n"), Some((251, 1)));
+        assert_eq!(parse_dev("251"), None);
+    }
+}

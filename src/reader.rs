@@ -1,0 +1,265 @@
+//! Reading the port: open it once, hold it open until the message is whole,
+//! and wait for the host on events, never by spinning.
+//!
+//! What the driver does (drivers/char/virtio_console.c):
+//! - a second open() of a port fails with EBUSY (EMFILE on older kernels);
+//! - read() returns 0 while the host is not connected: "no connection", not
+//!   end of data (port_fops_read), and poll() then reports POLLIN|POLLHUP
+//!   without pause, so a level-triggered wait would spin;
+//! - the port's wait queue is woken when data arrives and when the host
+//!   connects or disconnects, so an edge-triggered epoll sleeps until then;
+//! - closing the port discards unread data, and QEMU drops what the host
+//!   wrote while the guest did not hold the port open: hence one open, kept.
+//!
+//! A FIFO standing in for the port (tests, `--no-ack`) behaves the same way:
+//! read() == 0 while no writer is connected, an epoll edge when one writes
+//! or leaves.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::fd::AsFd;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+
+use crate::error::{Error, Result};
+use crate::ports::Port;
+use crate::protocol::{Decoder, Line, Message};
+use crate::{debug, info};
+
+/// An open port, held until dropped.
+pub struct PortReader {
+    file: File,
+    epoll: Epoll,
+    label: String,
+    port: Port,
+}
+
+/// How a wait for the message ended.
+#[derive(Debug)]
+pub enum Received {
+    Message(Message),
+    /// The deadline passed without a whole message.
+    TimedOut,
+}
+
+impl PortReader {
+    /// Opens the port once. `writable` is needed only for the ack; a
+    /// read-only open lets a FIFO stand in for the port.
+    pub fn open(port: &Port, writable: bool) -> Result<Self> {
+        let label = format!(
+            "{} ({})",
+            port.name.as_deref().unwrap_or("?"),
+            port.node.display()
+        );
+        // Check the node before opening it: opening the wrong device could
+        // be opening the guest agent's port.
+        check_node(port, &std::fs::metadata(&port.node))?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(writable)
+            .custom_flags(libc_flags::O_NONBLOCK | libc_flags::O_NOCTTY)
+            .open(&port.node)
+            .map_err(|e| open_error(port, e))?;
+        // And again on what was opened, in case the node changed meanwhile.
+        check_node(port, &file.metadata())?;
+        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)
+            .map_err(|e| Error::io("cannot create epoll for", &port.node, e.into()))?;
+        let flags = EpollFlags::EPOLLIN | EpollFlags::EPOLLET;
+        epoll
+            .add(file.as_fd(), EpollEvent::new(flags, 0))
+            .map_err(|e| Error::io("cannot watch", &port.node, e.into()))?;
+        info!("opened port {label}");
+        Ok(Self {
+            file,
+            epoll,
+            label,
+            port: port.clone(),
+        })
+    }
+
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    /// Reads until `decoder` holds a whole message or `deadline` passes. A
+    /// message is whole once a cmdline line has arrived and the host has
+    /// disconnected or sent nothing more for `settle`.
+    pub fn receive(
+        &mut self,
+        decoder: &mut Decoder,
+        deadline: Instant,
+        settle: Duration,
+    ) -> Result<Received> {
+        let mut buf = vec![0u8; 16 * 1024];
+        let mut quiet_since: Option<Instant> = None;
+        loop {
+            // Drain everything readable: with an edge-triggered epoll, a
+            // wake-up is only promised for what happens after this.
+            let mut disconnected = false;
+            loop {
+                match self.file.read(&mut buf) {
+                    Ok(0) => {
+                        disconnected = true;
+                        break;
+                    }
+                    Ok(n) => {
+                        decoder.feed(&buf[..n]).map_err(|e| Error::BadData {
+                            port: self.label.clone(),
+                            problem: e.to_string(),
+                        })?;
+                        for line in decoder.drain_lines() {
+                            log_line(&line);
+                        }
+                        quiet_since = Some(Instant::now());
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) if e.raw_os_error() == Some(Errno::ENODEV as i32) => {
+                        return Err(Error::PortGone {
+                            name: self.port.name.clone().unwrap_or_default(),
+                            node: self.port.node.clone(),
+                        });
+                    }
+                    Err(e) => return Err(Error::io("cannot read port", &self.port.node, e)),
+                }
+            }
+            if disconnected {
+                let dropped = decoder.disconnect();
+                if dropped > 0 {
+                    info!(
+                        "host disconnected in the middle of a line; dropped {dropped} bytes, waiting for it again"
+                    );
+                }
+                if let Some(m) = decoder.take() {
+                    debug!("host disconnected after a whole message");
+                    return Ok(Received::Message(m));
+                }
+            }
+            let now = Instant::now();
+            if decoder.has_cmdline() {
+                let since = quiet_since.unwrap_or(now);
+                if now >= since + settle {
+                    debug!("nothing more from the host for {settle:?}; message complete");
+                    return Ok(Received::Message(decoder.take().expect("has cmdline")));
+                }
+            }
+            if now >= deadline {
+                return Ok(Received::TimedOut);
+            }
+            let mut until = deadline;
+            if decoder.has_cmdline() {
+                until = until.min(quiet_since.unwrap_or(now) + settle);
+            }
+            self.wait(until - now)?;
+        }
+    }
+
+    /// Sleeps until the port's next event (data, host connect or
+    /// disconnect) or `timeout`.
+    fn wait(&self, timeout: Duration) -> Result<()> {
+        // Round up so a sub-millisecond remainder does not become a 0 ms
+        // wait, which would loop without sleeping.
+        let ms = timeout
+            .as_micros()
+            .div_ceil(1000)
+            .clamp(1, i32::MAX as u128) as i32;
+        let mut events = [EpollEvent::empty(); 1];
+        match self.epoll.wait(
+            &mut events,
+            EpollTimeout::try_from(ms).unwrap_or(EpollTimeout::MAX),
+        ) {
+            Ok(_) | Err(Errno::EINTR) => Ok(()),
+            Err(e) => Err(Error::io("cannot wait on port", &self.port.node, e.into())),
+        }
+    }
+
+    /// Writes `line` back to the host, best effort: the port is
+    /// non-blocking, and a host that is gone or reads nothing is fine.
+    pub fn ack(&mut self, line: &str) {
+        match self.file.write(line.as_bytes()) {
+            Ok(n) if n == line.len() => info!("acknowledged to the host: {}", line.trim_end()),
+            Ok(n) => debug!("ack cut short after {n} bytes"),
+            Err(e) => debug!("ack not sent ({e}); the host is not listening"),
+        }
+    }
+}
+
+fn log_line(line: &Line) {
+    match line {
+        Line::Cmdline => info!("received a cmdline line"),
+        Line::Pubkey => info!("received a pubkey line"),
+        Line::Empty => debug!("ignored an empty line"),
+        Line::Unknown(start) => debug!("ignored a line with an unknown prefix: {start:?}"),
+    }
+}
+
+/// A character device must be the one sysfs names for the port.
+fn check_node(port: &Port, meta: &io::Result<std::fs::Metadata>) -> Result<()> {
+    let meta = match meta {
+        Ok(m) => m,
+        Err(e) => {
+            return Err(Error::io(
+                "cannot find port node",
+                &port.node,
+                io::Error::new(e.kind(), e.to_string()),
+            ))
+        }
+    };
+    if !meta.file_type().is_char_device() {
+        return Ok(());
+    }
+    let rdev = meta.rdev();
+    let found = (major(rdev), minor(rdev));
+    match port.dev {
+        Some(expected) if expected == found => Ok(()),
+        expected => Err(Error::DeviceMismatch {
+            name: port.name.clone().unwrap_or_default(),
+            node: port.node.clone(),
+            found: format!("{}:{}", found.0, found.1),
+            expected: expected
+                .map(|(a, b)| format!("{a}:{b}"))
+                .unwrap_or_else(|| "unknown".into()),
+        }),
+    }
+}
+
+fn open_error(port: &Port, e: io::Error) -> Error {
+    let busy = [Errno::EBUSY as i32, Errno::EMFILE as i32];
+    if e.raw_os_error().is_some_and(|c| busy.contains(&c)) {
+        Error::PortBusy {
+            name: port.name.clone().unwrap_or_default(),
+            node: port.node.clone(),
+        }
+    } else {
+        Error::io("cannot open port", &port.node, e)
+    }
+}
+
+/// glibc's gnu_dev_major/minor encoding of dev_t.
+fn major(dev: u64) -> u32 {
+    (((dev >> 32) & 0xffff_f000) | ((dev >> 8) & 0x0000_0fff)) as u32
+}
+
+fn minor(dev: u64) -> u32 {
+    (((dev >> 12) & 0xffff_ff00) | (dev & 0x0000_00ff)) as u32
+}
+
+mod libc_flags {
+    pub const O_NONBLOCK: i32 = nix::fcntl::OFlag::O_NONBLOCK.bits();
+    pub const O_NOCTTY: i32 = nix::fcntl::OFlag::O_NOCTTY.bits();
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn dev_t_decoding_matches_makedev() {
+        // makedev(251, 1) and makedev(4095, 1048575) as glibc encodes them.
+        let dev = (251u64 << 8) | 1;
+        assert_eq!((super::major(dev), super::minor(dev)), (251, 1));
+        let big = ((4095u64 & 0xfff) << 8) | ((1048575u64 & 0xff) | ((1048575u64 & !0xff) << 12));
+        assert_eq!((super::major(big), super::minor(big)), (4095, 1048575));
+    }
+}
