@@ -128,7 +128,8 @@ pub struct FetchArgs {
     pub no_ack: bool,
 }
 
-/// Arguments of `send`, compatible with patchviasocket.py's `-n` and `-p`.
+/// Arguments of `send`: patchviasocket.py's `-n VM -p CMDLINE` work as they
+/// are; the rest is optional.
 #[derive(Debug, Args)]
 pub struct SendArgs {
     /// The VM's name; the socket is <socket-dir>/<VM>.agent.
@@ -139,25 +140,28 @@ pub struct SendArgs {
         required_unless_present = "socket"
     )]
     pub vm: Option<String>,
-    /// The cmdline; `%` stands for a space, as in patchviasocket.py.
+    /// The cmdline, one line; `%` stands for a space, as in patchviasocket.py.
     #[arg(short = 'p', long = "cmdline", value_name = "TEXT")]
     pub cmdline: String,
     /// Keep `%` as it is instead of turning it into a space.
     #[arg(long)]
     pub raw: bool,
     /// The socket's path, instead of -n.
-    #[arg(long, value_name = "PATH", conflicts_with = "vm")]
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["vm", "socket_dir"])]
     pub socket: Option<PathBuf>,
     /// Directory of the VMs' sockets.
     #[arg(long, value_name = "DIR", default_value = defaults::SOCKET_DIR)]
     pub socket_dir: PathBuf,
-    /// Public key file to send as the pubkey: line.
+    /// Public key file to send as the pubkey: line (one OpenSSH public key; a
+    /// trailing newline is dropped; missing or empty is an error).
     #[arg(long, value_name = "FILE", default_value = defaults::PUBKEY_FILE)]
     pub pubkey_file: PathBuf,
     /// Send no pubkey: line.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "pubkey_file")]
     pub no_pubkey: bool,
-    /// Stay connected, resending as needed, until the guest acknowledges or SECS pass.
+    /// Stay connected until the guest acknowledges this cmdline, for at most
+    /// SECS; a missing socket, a refused or dropped connection is retried
+    /// every 200 ms, sending the message again on each new connection.
     #[arg(long, value_name = "SECS", value_parser = secs)]
     pub wait_ack: Option<f64>,
 }

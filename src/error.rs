@@ -25,6 +25,9 @@ pub mod exit {
     pub const PROTOCOL: i32 = 76;
     /// EX_NOINPUT: an input file (the host's public key) is missing or empty.
     pub const NOINPUT: i32 = 66;
+    /// EX_NOHOST: `send` found no socket for the VM (not running, or a wrong
+    /// name or directory).
+    pub const NOHOST: i32 = 68;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +84,16 @@ pub enum Error {
         problem: String,
     },
 
+    #[error("{what} {path}: {problem}")]
+    BadInput {
+        what: &'static str,
+        path: PathBuf,
+        problem: String,
+    },
+
+    #[error("no socket at {path}: is the VM running, and are its name and --socket-dir right?")]
+    NoSocket { path: PathBuf },
+
     #[error("permission denied on {path}: {source}")]
     NoPermission {
         path: PathBuf,
@@ -117,6 +130,8 @@ impl Error {
             Error::BadData { .. } | Error::BadStored { .. } => exit::DATA,
             Error::Usage(_) => exit::USAGE,
             Error::NoInput { .. } => exit::NOINPUT,
+            Error::BadInput { .. } => exit::DATA,
+            Error::NoSocket { .. } => exit::NOHOST,
             Error::NoPermission { .. } => exit::NOPERM,
             Error::Protocol(_) => exit::PROTOCOL,
         }
