@@ -1,0 +1,666 @@
+//! The VM tests' host side: prepares the kernel and initramfs (prepare.sh),
+//! boots a QEMU guest with two virtio-serial ports on unix sockets, and
+//! collects what the guest prints on its serial console and what QMP says
+//! about the ports (VSERPORT_CHANGE: the guest opened or closed a port).
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// The port CloudStack reads, and QEMU's guest agent port beside it.
+pub const VPORT_NAME: &str = "s-1-VM.vport";
+pub const GA_NAME: &str = "org.qemu.guest_agent.0";
+/// QMP ids of the two virtserialport devices.
+pub const VPORT_ID: &str = "vport";
+pub const GA_ID: &str = "ga";
+
+/// Longest a guest may take from start to power-off before the test fails.
+/// Generous: two TCG guests share two cores with whatever else runs.
+const GUEST_DEADLINE: Duration = Duration::from_secs(240);
+
+/// What prepare.sh made.
+pub struct Artifacts {
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    pub kernel_package: String,
+    pub binary_size: u64,
+}
+
+fn target_dir() -> PathBuf {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(d) => repo.join(d),
+        None => repo.join("target"),
+    }
+}
+
+/// Runs tests/vm/prepare.sh once per test process: it is quick when
+/// nothing changed, and picks up a changed binary or init script.
+pub fn artifacts() -> &'static Artifacts {
+    static ARTIFACTS: OnceLock<Artifacts> = OnceLock::new();
+    ARTIFACTS.get_or_init(|| {
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let status = Command::new("sh")
+            .arg(repo.join("tests/vm/prepare.sh"))
+            .env("CARGO_TARGET_DIR", target_dir())
+            .stdin(Stdio::null())
+            .status()
+            .expect("cannot run tests/vm/prepare.sh");
+        assert!(status.success(), "tests/vm/prepare.sh failed: {status}");
+        let dir = target_dir().join("vm");
+        let manifest =
+            std::fs::read_to_string(dir.join("manifest")).expect("prepare.sh left no manifest");
+        let kv: BTreeMap<&str, &str> = manifest.lines().filter_map(|l| l.split_once('=')).collect();
+        let get = |k: &str| {
+            kv.get(k)
+                .unwrap_or_else(|| panic!("manifest has no {k}"))
+                .to_string()
+        };
+        crate::report::reset(&dir);
+        Artifacts {
+            kernel: get("kernel").into(),
+            initrd: get("initrd").into(),
+            kernel_package: get("kernel_package"),
+            binary_size: get("binary_size").parse().expect("binary_size"),
+        }
+    })
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accel {
+    Kvm,
+    Tcg,
+}
+
+impl Accel {
+    pub fn name(self) -> &'static str {
+        match self {
+            Accel::Kvm => "kvm",
+            Accel::Tcg => "tcg",
+        }
+    }
+}
+
+/// VB_ACCEL=kvm|tcg forces the accelerator; unset or `auto` boots a probe
+/// guest under KVM and uses it only if that guest reaches its init in time
+/// (on some machines /dev/kvm exists but guests hang).
+pub fn accel() -> Accel {
+    static ACCEL: OnceLock<Accel> = OnceLock::new();
+    *ACCEL.get_or_init(|| {
+        let wanted = std::env::var("VB_ACCEL").unwrap_or_else(|_| "auto".into());
+        match wanted.as_str() {
+            "kvm" => Accel::Kvm,
+            "tcg" => Accel::Tcg,
+            "auto" | "" => probe_kvm(),
+            other => panic!("VB_ACCEL={other}: use kvm, tcg or auto"),
+        }
+    })
+}
+
+fn probe_kvm() -> Accel {
+    let usable = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok();
+    if !usable {
+        return Accel::Tcg;
+    }
+    let cfg = Config {
+        scenario: "probe",
+        ..Config::default()
+    };
+    let guest = Guest::start_with(&cfg, Accel::Kvm);
+    // Under KVM this guest is at its init within a second or two.
+    let ok = guest.wait_console("VBDONE", Duration::from_secs(10));
+    let accel = if ok { Accel::Kvm } else { Accel::Tcg };
+    crate::report::note(&format!(
+        "accelerator probe: a KVM guest {}; using {}",
+        if ok {
+            "booted"
+        } else {
+            "did not reach its init within 10 s"
+        },
+        accel.name()
+    ));
+    accel
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Order {
+    /// org.qemu.guest_agent.0 is vport0p1 and the vport vport0p2, as when
+    /// libvirt lists the guest agent's channel first.
+    GuestAgentFirst,
+    VportFirst,
+}
+
+/// One guest's scenario: see tests/vm/init for what each field makes the
+/// guest do.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub scenario: &'static str,
+    pub order: Order,
+    pub fetch_args: Vec<String>,
+    pub runs: u32,
+    pub precache: bool,
+    pub sample_secs: Option<u32>,
+    pub modules_late: bool,
+    pub read_guest_agent: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            scenario: "default",
+            order: Order::GuestAgentFirst,
+            fetch_args: vec!["--timeout".into(), "90".into()],
+            runs: 1,
+            precache: false,
+            sample_secs: None,
+            modules_late: false,
+            read_guest_agent: false,
+        }
+    }
+}
+
+impl Config {
+    fn append(&self) -> String {
+        let mut a = format!(
+            "console=ttyS0 quiet loglevel=3 panic=-1 vbscenario={}",
+            self.scenario
+        );
+        if !self.fetch_args.is_empty() {
+            a += &format!(" vbargs={}", self.fetch_args.join(","));
+        }
+        a += &format!(" vbruns={}", self.runs);
+        if self.precache {
+            a += " vbprecache=1";
+        }
+        if let Some(s) = self.sample_secs {
+            a += &format!(" vbsample={s}");
+        }
+        if self.modules_late {
+            a += " vbmodlate=1";
+        }
+        if self.read_guest_agent {
+            a += " vbga=1";
+        }
+        a
+    }
+}
+
+/// A VSERPORT_CHANGE event as the harness received it.
+#[derive(Debug, Clone)]
+pub struct PortEvent {
+    pub at: Instant,
+    pub id: String,
+    pub open: bool,
+}
+
+#[derive(Default)]
+struct State {
+    console: Vec<(Instant, String)>,
+    events: Vec<PortEvent>,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    changed: Condvar,
+}
+
+/// A running guest. Dropping it kills QEMU if it still runs.
+pub struct Guest {
+    child: Mutex<Child>,
+    shared: Arc<Shared>,
+    dir: tempfile::TempDir,
+    pub started: Instant,
+    pub accel: Accel,
+}
+
+impl Guest {
+    pub fn start(cfg: &Config) -> Guest {
+        Guest::start_with(cfg, accel())
+    }
+
+    fn start_with(cfg: &Config, accel: Accel) -> Guest {
+        let art = artifacts();
+        let dir = tempfile::Builder::new()
+            .prefix("vb-vm-")
+            .tempdir()
+            .expect("temp dir");
+        let sock = |n: &str| dir.path().join(n).to_string_lossy().into_owned();
+        let ports = match cfg.order {
+            Order::GuestAgentFirst => [(GA_ID, GA_NAME), (VPORT_ID, VPORT_NAME)],
+            Order::VportFirst => [(VPORT_ID, VPORT_NAME), (GA_ID, GA_NAME)],
+        };
+        let mut cmd = Command::new("qemu-system-x86_64");
+        cmd.args(["-machine", "pc", "-m", "256", "-smp", "1"])
+            .args(["-nodefaults", "-no-user-config", "-no-reboot"])
+            .args(["-display", "none", "-monitor", "none", "-serial", "stdio"]);
+        match accel {
+            Accel::Kvm => cmd.args(["-accel", "kvm", "-cpu", "host"]),
+            Accel::Tcg => cmd.args(["-accel", "tcg"]),
+        };
+        cmd.arg("-kernel")
+            .arg(&art.kernel)
+            .arg("-initrd")
+            .arg(&art.initrd)
+            .args(["-append", &cfg.append()])
+            .args(["-device", "virtio-serial-pci,id=vs"]);
+        for (id, name) in ports {
+            cmd.args([
+                "-chardev",
+                &format!("socket,id=c_{id},path={},server=on,wait=off", sock(id)),
+                "-device",
+                &format!("virtserialport,bus=vs.0,chardev=c_{id},name={name},id={id}"),
+            ]);
+        }
+        // QMP last, with wait=on: the guest starts only once the harness
+        // listens for events, so no VSERPORT_CHANGE is missed.
+        cmd.args(["-qmp", &format!("unix:{},server=on,wait=on", sock("qmp"))]);
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("cannot start qemu-system-x86_64");
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State::default()),
+            changed: Condvar::new(),
+        });
+        spawn_lines(child.stdout.take().unwrap(), "", shared.clone());
+        spawn_lines(child.stderr.take().unwrap(), "qemu: ", shared.clone());
+        let qmp = connect_retry(Path::new(&sock("qmp")), Duration::from_secs(30))
+            .unwrap_or_else(|e| panic!("QEMU did not open its QMP socket: {e}"));
+        let started = Instant::now();
+        spawn_qmp(qmp, shared.clone());
+        Guest {
+            child: Mutex::new(child),
+            shared,
+            dir,
+            started,
+            accel,
+        }
+    }
+
+    pub fn socket(&self, id: &str) -> PathBuf {
+        self.dir.path().join(id)
+    }
+
+    /// Connects to a port's chardev socket, as CloudStack's host side does.
+    pub fn connect(&self, id: &str) -> UnixStream {
+        connect_retry(&self.socket(id), Duration::from_secs(30))
+            .unwrap_or_else(|e| self.fail(&format!("cannot connect to the {id} socket: {e}")))
+    }
+
+    /// When the guest opened (`open`) or closed port `id` for the `nth`
+    /// time (1-based), waiting up to `timeout` for it.
+    pub fn wait_port(&self, id: &str, open: bool, nth: usize, timeout: Duration) -> Instant {
+        let found = self.wait_for(timeout, |s| {
+            s.events
+                .iter()
+                .filter(|e| e.id == id && e.open == open)
+                .nth(nth - 1)
+                .map(|e| e.at)
+        });
+        found.unwrap_or_else(|| {
+            self.fail(&format!(
+                "the guest did not {} port {id} (time {nth}) within {timeout:?}",
+                if open { "open" } else { "close" }
+            ))
+        })
+    }
+
+    /// Whether a console line containing `needle` appeared within `timeout`.
+    pub fn wait_console(&self, needle: &str, timeout: Duration) -> bool {
+        self.wait_for(timeout, |s| {
+            s.console
+                .iter()
+                .any(|(_, l)| l.contains(needle))
+                .then_some(())
+        })
+        .is_some()
+    }
+
+    fn wait_for<T>(&self, timeout: Duration, mut f: impl FnMut(&State) -> Option<T>) -> Option<T> {
+        let deadline = Instant::now() + timeout;
+        let mut state = self.shared.state.lock().unwrap();
+        loop {
+            if let Some(v) = f(&state) {
+                return Some(v);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return None;
+            }
+            state = self
+                .shared
+                .changed
+                .wait_timeout(state, (deadline - now).min(Duration::from_millis(200)))
+                .unwrap()
+                .0;
+        }
+    }
+
+    /// Waits for the guest to power off and parses what it printed. A
+    /// guest that does not finish, or did not print its closing line,
+    /// fails the test.
+    pub fn finish(self) -> Outcome {
+        let deadline = self.started + GUEST_DEADLINE;
+        loop {
+            if let Some(status) = self.child.lock().unwrap().try_wait().expect("wait qemu") {
+                // Let the reader threads take the last lines.
+                std::thread::sleep(Duration::from_millis(100));
+                let outcome = self.outcome();
+                if !outcome.done {
+                    self.fail(&format!(
+                        "QEMU exited ({status}) before the guest printed VBDONE"
+                    ));
+                }
+                return outcome;
+            }
+            if Instant::now() >= deadline {
+                self.fail(&format!(
+                    "the guest did not power off within {GUEST_DEADLINE:?}"
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn outcome(&self) -> Outcome {
+        let state = self.shared.state.lock().unwrap();
+        Outcome::parse(state.console.clone(), state.events.clone(), self.started)
+    }
+
+    /// Fails the test with the guest's console, the useful part of a
+    /// failure in a VM.
+    pub fn fail(&self, why: &str) -> ! {
+        let state = self.shared.state.lock().unwrap();
+        let tail: Vec<&str> = state
+            .console
+            .iter()
+            .rev()
+            .take(60)
+            .rev()
+            .map(|(_, l)| l.as_str())
+            .collect();
+        let events: Vec<String> = state
+            .events
+            .iter()
+            .map(|e| {
+                format!(
+                    "{:.2}s {} {}",
+                    (e.at - self.started).as_secs_f64(),
+                    e.id,
+                    if e.open { "open" } else { "closed" }
+                )
+            })
+            .collect();
+        panic!(
+            "{why}\n--- port events: {}\n--- guest console (last lines):\n{}",
+            events.join(", "),
+            tail.join("\n")
+        );
+    }
+}
+
+impl Drop for Guest {
+    fn drop(&mut self) {
+        if let Ok(mut child) = self.child.lock() {
+            if let Ok(None) = child.try_wait() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+fn connect_retry(path: &Path, timeout: Duration) -> std::io::Result<UnixStream> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match UnixStream::connect(path) {
+            Ok(s) => return Ok(s),
+            Err(e) if Instant::now() >= deadline => return Err(e),
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+fn spawn_lines(pipe: impl Read + Send + 'static, prefix: &'static str, shared: Arc<Shared>) {
+    std::thread::spawn(move || {
+        let mut reader = BufReader::new(pipe);
+        let mut buf = Vec::new();
+        while reader.read_until(b'\n', &mut buf).unwrap_or(0) > 0 {
+            let line = String::from_utf8_lossy(&buf);
+            let line = format!("{prefix}{}", line.trim_end_matches(['\n', '\r']));
+            buf.clear();
+            shared
+                .state
+                .lock()
+                .unwrap()
+                .console
+                .push((Instant::now(), line));
+            shared.changed.notify_all();
+        }
+    });
+}
+
+fn spawn_qmp(stream: UnixStream, shared: Arc<Shared>) {
+    let mut writer = stream.try_clone().expect("clone QMP socket");
+    let mut reader = BufReader::new(stream);
+    let mut greeting = String::new();
+    reader.read_line(&mut greeting).expect("QMP greeting");
+    writer
+        .write_all(b"{\"execute\":\"qmp_capabilities\"}\n")
+        .expect("QMP capabilities");
+    std::thread::spawn(move || {
+        for line in reader.lines() {
+            let Ok(line) = line else { break };
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+                continue;
+            };
+            if v["event"] == "VSERPORT_CHANGE" {
+                let event = PortEvent {
+                    at: Instant::now(),
+                    id: v["data"]["id"].as_str().unwrap_or("").to_owned(),
+                    open: v["data"]["open"].as_bool().unwrap_or(false),
+                };
+                shared.state.lock().unwrap().events.push(event);
+                shared.changed.notify_all();
+            }
+        }
+    });
+}
+
+/// One file or directory the guest listed after a run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// 'f' file, 'd' directory, 'l' symlink, 'o' other.
+    pub kind: char,
+    pub mode: u32,
+    pub content: Option<Vec<u8>>,
+}
+
+/// One `vport-bootargs fetch` in the guest.
+#[derive(Debug, Clone)]
+pub struct Run {
+    pub exit: i32,
+    /// Guest uptime when it started and ended, seconds.
+    pub t0: f64,
+    pub t1: f64,
+    /// What the run left under its directory, by relative path.
+    pub entries: BTreeMap<String, Entry>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Sample {
+    pub at: u32,
+    pub ticks: u64,
+    pub hwm_kb: u64,
+    pub rss_kb: u64,
+    pub vport_open: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct GuestAgentRead {
+    pub node: String,
+    pub rc: i32,
+    pub data: Vec<u8>,
+    pub err: String,
+}
+
+/// Everything the guest reported.
+#[derive(Debug)]
+pub struct Outcome {
+    /// Every console line, with when the harness received it.
+    pub console: Vec<(Instant, String)>,
+    pub events: Vec<PortEvent>,
+    pub started: Instant,
+    pub runs: Vec<Run>,
+    /// vportNpM -> port name, as sysfs showed them.
+    pub ports: BTreeMap<String, String>,
+    pub samples: Vec<Sample>,
+    pub guest_agent: Option<GuestAgentRead>,
+    pub errors: Vec<String>,
+    pub done: bool,
+}
+
+fn fields(line: &str) -> BTreeMap<&str, &str> {
+    line.split(' ')
+        .skip(1)
+        .filter_map(|w| w.split_once('='))
+        .collect()
+}
+
+fn unhex(s: &str) -> Vec<u8> {
+    (0..s.len() / 2)
+        .map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).expect("hex from the guest"))
+        .collect()
+}
+
+impl Outcome {
+    fn parse(console: Vec<(Instant, String)>, events: Vec<PortEvent>, started: Instant) -> Outcome {
+        let mut o = Outcome {
+            console: Vec::new(),
+            events,
+            started,
+            runs: Vec::new(),
+            ports: BTreeMap::new(),
+            samples: Vec::new(),
+            guest_agent: None,
+            errors: Vec::new(),
+            done: false,
+        };
+        let mut entries: BTreeMap<usize, BTreeMap<String, Entry>> = BTreeMap::new();
+        for (_, line) in &console {
+            let f = fields(line);
+            let num = |k: &str| -> u64 {
+                f.get(k)
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or_else(|| panic!("no number {k} in guest line {line:?}"))
+            };
+            match line.split(' ').next().unwrap_or("") {
+                "VBRUN" => o.runs.push(Run {
+                    exit: num("exit") as i32,
+                    t0: f["t0"].parse().unwrap(),
+                    t1: f["t1"].parse().unwrap(),
+                    entries: BTreeMap::new(),
+                }),
+                "VBENTRY" => {
+                    let entry = Entry {
+                        kind: f["type"].chars().next().unwrap(),
+                        mode: u32::from_str_radix(f["mode"], 8).unwrap(),
+                        content: f.get("hex").map(|h| unhex(h)),
+                    };
+                    entries
+                        .entry(num("run") as usize)
+                        .or_default()
+                        .insert(f["path"].to_owned(), entry);
+                }
+                "VBSAMPLE" => o.samples.push(Sample {
+                    at: num("at") as u32,
+                    ticks: num("utime") + num("stime"),
+                    hwm_kb: num("hwm_kb"),
+                    rss_kb: num("rss_kb"),
+                    vport_open: f["vport_open"] == "1",
+                }),
+                "VBPORT" => {
+                    o.ports.insert(f["entry"].into(), f["name"].into());
+                }
+                "VBGA" => {
+                    o.guest_agent = Some(GuestAgentRead {
+                        node: f["node"].into(),
+                        rc: num("rc") as i32,
+                        data: unhex(f["hex"]),
+                        err: String::from_utf8_lossy(&unhex(f["err"])).into_owned(),
+                    })
+                }
+                "VBERROR" => o.errors.push(line.clone()),
+                "VBDONE" => o.done = true,
+                _ => {}
+            }
+        }
+        for (i, run) in o.runs.iter_mut().enumerate() {
+            run.entries = entries.remove(&(i + 1)).unwrap_or_default();
+        }
+        o.console = console;
+        o
+    }
+
+    /// The helper's own log lines (`vport-bootargs: ...`).
+    pub fn helper_log(&self) -> Vec<&str> {
+        self.console
+            .iter()
+            .filter_map(|(_, l)| l.find("vport-bootargs: ").map(|i| &l[i..]))
+            .collect()
+    }
+
+    /// The guest's console, one string.
+    pub fn console_text(&self) -> String {
+        let lines: Vec<&str> = self.console.iter().map(|(_, l)| l.as_str()).collect();
+        lines.join("\n")
+    }
+
+    /// Seconds since start when the first console line starting with
+    /// `prefix` arrived.
+    pub fn console_time(&self, prefix: &str) -> Option<f64> {
+        self.console
+            .iter()
+            .find(|(_, l)| l.starts_with(prefix))
+            .map(|(t, _)| (*t - self.started).as_secs_f64())
+    }
+
+    pub fn log_has(&self, needle: &str) -> bool {
+        self.helper_log().iter().any(|l| l.contains(needle))
+    }
+
+    /// The port events for `id`, as (seconds since start, open).
+    pub fn port_events(&self, id: &str) -> Vec<(f64, bool)> {
+        self.events
+            .iter()
+            .filter(|e| e.id == id)
+            .map(|e| ((e.at - self.started).as_secs_f64(), e.open))
+            .collect()
+    }
+
+    /// The vportNpM sysfs gave the name `name`.
+    pub fn entry_named(&self, name: &str) -> Option<&str> {
+        self.ports
+            .iter()
+            .find(|(_, n)| n.as_str() == name)
+            .map(|(e, _)| e.as_str())
+    }
+
+    pub fn only_run(&self) -> &Run {
+        assert_eq!(
+            self.runs.len(),
+            1,
+            "expected one fetch run; console:\n{}",
+            self.console_text()
+        );
+        &self.runs[0]
+    }
+}
