@@ -19,6 +19,9 @@ use crate::store::{self, Targets};
 #[command(
     name = "vport-bootargs",
     version,
+    // A later option overrides an earlier one, so a unit's drop-in can
+    // append `--timeout 600` to the defaults it was given.
+    args_override_self = true,
     about = "Reads Apache CloudStack boot parameters from the system VM's virtio-serial port",
     long_about = "Inside a CloudStack system VM on KVM, finds the virtio-serial port named *.vport \
 (never the QEMU guest agent's), holds it open until the host's pubkey: and cmdline: lines \

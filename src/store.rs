@@ -124,8 +124,12 @@ fn open_dir(dir: &Path, mode: u32, enforce_mode: bool) -> Result<OwnedFd> {
 }
 
 fn dir_error(dir: &Path, e: Errno) -> Error {
+    let is_link = dir
+        .symlink_metadata()
+        .is_ok_and(|m| m.file_type().is_symlink());
     match e {
-        Errno::ELOOP => Error::io(
+        // O_DIRECTORY|O_NOFOLLOW on a symlink gives ENOTDIR (or ELOOP).
+        Errno::ELOOP | Errno::ENOTDIR if is_link => Error::io(
             "refusing to write through a symlink at",
             dir,
             io::Error::other("it should be a directory"),
@@ -205,4 +209,94 @@ pub fn write_atomic(
 /// crashed run leaves at most one, which the next run removes.
 pub fn temp_name(name: &str) -> String {
     format!(".{name}.vport-bootargs.tmp")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn mode(p: &Path) -> u32 {
+        fs::metadata(p).unwrap().permissions().mode() & 0o7777
+    }
+
+    fn targets(root: &Path) -> Targets {
+        Targets {
+            cache_dir: root.join("var/cache/cloud"),
+            ssh_dir: root.join("root/.ssh"),
+        }
+    }
+
+    #[test]
+    fn creates_directories_and_files_with_exact_modes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let t = targets(tmp.path());
+        let m = Message {
+            cmdline: "a=b".into(),
+            pubkey: Some("ssh-ed25519 AAAA k".into()),
+        };
+        store(&m, &t).unwrap();
+        assert_eq!(fs::read_to_string(t.cmdline()).unwrap(), "a=b\n");
+        assert_eq!(mode(&t.cmdline()), 0o644);
+        for dir in [&t.cache_dir, &t.ssh_dir] {
+            let keys = dir.join(AUTHORIZED_KEYS_FILE);
+            assert_eq!(fs::read_to_string(&keys).unwrap(), "ssh-ed25519 AAAA k\n");
+            assert_eq!(mode(&keys), 0o600);
+        }
+        assert_eq!(mode(&t.cache_dir), 0o755);
+        assert_eq!(mode(&t.ssh_dir), 0o700);
+    }
+
+    #[test]
+    fn group_writable_ssh_dir_is_made_0700() {
+        let tmp = tempfile::tempdir().unwrap();
+        let t = targets(tmp.path());
+        fs::create_dir_all(&t.ssh_dir).unwrap();
+        fs::set_permissions(&t.ssh_dir, fs::Permissions::from_mode(0o777)).unwrap();
+        let m = Message {
+            cmdline: "a=b".into(),
+            pubkey: Some("ssh-ed25519 AAAA".into()),
+        };
+        store(&m, &t).unwrap();
+        assert_eq!(mode(&t.ssh_dir), 0o700);
+    }
+
+    #[test]
+    fn stale_temp_file_is_replaced_not_piled_up() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        fs::write(dir.join(temp_name("cmdline")), "torn").unwrap();
+        let fd = open_dir(dir, CACHE_DIR_MODE, false).unwrap();
+        write_atomic(&fd, dir, "cmdline", b"new\n", 0o644).unwrap();
+        let mut names: Vec<_> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["cmdline"]);
+    }
+
+    #[test]
+    fn symlinked_directory_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let real = tmp.path().join("elsewhere");
+        fs::create_dir(&real).unwrap();
+        std::os::unix::fs::symlink(&real, tmp.path().join("cache")).unwrap();
+        let err = open_dir(&tmp.path().join("cache"), CACHE_DIR_MODE, false).unwrap_err();
+        assert!(err
+            .to_string()
+            .contains("refusing to write through a symlink"));
+        assert_eq!(err.exit_code(), crate::error::exit::IO);
+    }
+
+    #[test]
+    fn stored_cmdline_ignores_blank_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        assert_eq!(stored_cmdline(tmp.path()).unwrap(), None);
+        fs::write(tmp.path().join(CMDLINE_FILE), " \n").unwrap();
+        assert_eq!(stored_cmdline(tmp.path()).unwrap(), None);
+        fs::write(tmp.path().join(CMDLINE_FILE), "a=b\n").unwrap();
+        assert_eq!(stored_cmdline(tmp.path()).unwrap().as_deref(), Some("a=b"));
+    }
 }
