@@ -1,0 +1,664 @@
+//! The Debian package in a real Debian bookworm system VM image, booted under
+//! QEMU the way libvirt lays out a CloudStack system VM.
+//!
+//! Run: `cargo test --test image` (as root: mmdebstrap, dpkg-buildpackage,
+//! lintian, mke2fs and qemu-system-x86_64 must be installed; see the README).
+//! Everything is built once per run and shared by the tests below, each of
+//! which checks one thing:
+//! 1. tests/image/build-deb.sh builds the package (dpkg-buildpackage);
+//! 2. tests/image/build-image.sh makes the image (mmdebstrap, mke2fs -d),
+//!    cached under target/image keyed on the .deb and the image recipe
+//!    (tests/image/cached-image.sh);
+//! 3. three boots of one copy of that disk (tests/image/run-vm.sh):
+//!    - first: the host sends with `vport-bootargs send --wait-ack`;
+//!    - second: no host data, the stored parameters must stay;
+//!    - third: SMBIOS says Xen, so the unit must do nothing.
+//!
+//! The guest's image-check unit prints one `@@ WHAT ...` line per fact on
+//! the serial console (tests/image/guest/image-check); after `@@ done` the
+//! test pings qemu-guest-agent on its socket and shuts the guest down with
+//! it. Console logs and figures go to target/image/run/. Timing is reported,
+//! never asserted; the limits below only catch a hung guest.
+
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::sync::OnceLock;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use vport_bootargs::protocol::sha256_hex;
+
+const VM: &str = "s-1-VM";
+const CMDLINE: &str = "template=domP type=secstorage host=10.1.1.1 port=8250 name=s-1-VM \
+    zone=1 pod=1 guid=s-1-VM workers=5 eth0ip=169.254.3.4 eth0mask=255.255.0.0 \
+    public.network.device=eth2 authorized_key=c3NoLWVkMjU1MTk=";
+const PUBKEY: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHZtLXRlc3Qta2V5LWZvci12cG9ydC1ib290YXJncw image-test@host";
+
+/// From QEMU's start to the guest's `@@ done` (boot ~20 s under TCG here).
+const BOOT_LIMIT: Duration = Duration::from_secs(240);
+/// For the guest agent's answer, and for QEMU to exit after guest-shutdown.
+const AGENT_LIMIT: Duration = Duration::from_secs(60);
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn work() -> PathBuf {
+    repo().join("target/image")
+}
+
+/// What one boot showed.
+struct Boot {
+    /// The `@@ ` lines, without the marker.
+    facts: Vec<String>,
+    console: String,
+    /// The guest agent's reply to guest-ping, or why there is none.
+    ping: Result<String, String>,
+    /// `vport-bootargs send` on the host, when this boot had one.
+    send: Option<Output>,
+    /// QEMU start to `@@ done`.
+    elapsed: Duration,
+}
+
+impl Boot {
+    /// The rest of the first fact line that starts with `prefix`.
+    fn fact(&self, prefix: &str) -> &str {
+        self.facts
+            .iter()
+            .find_map(|f| f.strip_prefix(prefix))
+            .map(str::trim)
+            .unwrap_or_else(|| {
+                panic!(
+                    "the guest reported no {prefix:?} line; facts: {:#?}",
+                    self.facts
+                )
+            })
+    }
+
+    fn facts_with(&self, prefix: &str) -> Vec<&str> {
+        self.facts
+            .iter()
+            .filter_map(|f| f.strip_prefix(prefix))
+            .collect()
+    }
+
+    /// `KEY=VALUE` from a `@@ unit NAME ...` line.
+    fn unit(&self, unit: &str, key: &str) -> String {
+        let line = self.fact(&format!("unit {unit} "));
+        line.split_whitespace()
+            .find_map(|kv| kv.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
+            .unwrap_or_else(|| panic!("no {key} in {line:?}"))
+            .to_owned()
+    }
+
+    /// Mode, owner and content of a file the guest reported.
+    fn file(&self, path: &str) -> (String, String, Vec<u8>) {
+        let line = self.fact(&format!("file {path} "));
+        let mut parts = line.split_whitespace();
+        let mode = parts.next().unwrap_or_default().to_owned();
+        assert_ne!(mode, "missing", "{path} does not exist in the guest");
+        let owner = parts.next().unwrap_or_default().to_owned();
+        let content = base64_decode(parts.next().unwrap_or_default());
+        (mode, owner, content)
+    }
+
+    /// How long the unit's ExecStart ran, from systemd's monotonic stamps.
+    fn unit_runtime(&self, unit: &str) -> Duration {
+        let us = |k| self.unit(unit, k).parse::<u64>().unwrap();
+        Duration::from_micros(
+            us("ExecMainExitTimestampMonotonic") - us("ExecMainStartTimestampMonotonic"),
+        )
+    }
+}
+
+struct Suite {
+    deb: PathBuf,
+    lintian: Output,
+    first: Boot,
+    second: Boot,
+    xen: Boot,
+}
+
+fn suite() -> &'static Suite {
+    static SUITE: OnceLock<Suite> = OnceLock::new();
+    SUITE.get_or_init(|| {
+        let started = Instant::now();
+        let deb = build_deb();
+        let lintian = Command::new("lintian")
+            .args(["--fail-on", "error,warning", "--pedantic", "-I"])
+            .arg(&deb)
+            .output()
+            .expect("cannot run lintian");
+        let images = image_for(&deb);
+        let built = started.elapsed();
+
+        let run = work().join("run");
+        let _ = fs::remove_dir_all(&run);
+        fs::create_dir_all(&run).unwrap();
+        let disk = run.join("disk.raw");
+        copy_sparse(&images.join("image.raw"), &disk);
+        // QEMU's sockets: a short path, sun_path holds 108 bytes.
+        let sockets = tempfile::Builder::new()
+            .prefix("vport-image")
+            .tempdir()
+            .unwrap();
+        let key = run.join("id_rsa.pub.cloud");
+        fs::write(&key, format!("{PUBKEY}\n")).unwrap();
+
+        let first = boot(
+            &images,
+            &disk,
+            sockets.path(),
+            &run,
+            "first",
+            Some(&key),
+            &[],
+        );
+        // The second and third boots start from the disk the first one left,
+        // each on its own copy, side by side (one TCG thread each).
+        let xen_disk = run.join("disk-xen.raw");
+        copy_sparse(&disk, &xen_disk);
+        let (second, xen) = thread::scope(|scope| {
+            let second =
+                scope.spawn(|| boot(&images, &disk, sockets.path(), &run, "second", None, &[]));
+            // systemd-detect-virt trusts a DMI vendor of Xen before CPUID.
+            let xen = boot(
+                &images,
+                &xen_disk,
+                sockets.path(),
+                &run,
+                "xen",
+                None,
+                &["-smbios", "type=1,manufacturer=Xen,product=HVM domU"],
+            );
+            (second.join().unwrap(), xen)
+        });
+        report(&run, built, started.elapsed(), &[&first, &second, &xen]);
+        Suite {
+            deb,
+            lintian,
+            first,
+            second,
+            xen,
+        }
+    })
+}
+
+fn build_deb() -> PathBuf {
+    let out = Command::new(repo().join("tests/image/build-deb.sh"))
+        .arg(work())
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("cannot run tests/image/build-deb.sh");
+    assert!(out.status.success(), "building the package failed");
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+}
+
+/// The image directory for this .deb, from the cache under target/image or
+/// built now (tests/image/cached-image.sh).
+fn image_for(deb: &Path) -> PathBuf {
+    let out = Command::new(repo().join("tests/image/cached-image.sh"))
+        .arg(deb)
+        .arg(work())
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("cannot run tests/image/cached-image.sh");
+    assert!(out.status.success(), "building the image failed");
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+}
+
+fn copy_sparse(from: &Path, to: &Path) {
+    let st = Command::new("cp")
+        .arg("--sparse=always")
+        .arg(from)
+        .arg(to)
+        .status()
+        .unwrap();
+    assert!(st.success(), "cannot copy {}", from.display());
+}
+
+/// Boots the disk once and collects what the guest reported.
+fn boot(
+    images: &Path,
+    disk: &Path,
+    sockets: &Path,
+    run: &Path,
+    label: &str,
+    send_key: Option<&Path>,
+    qemu_args: &[&str],
+) -> Boot {
+    let sockets = &sockets.join(label);
+    fs::create_dir_all(sockets).unwrap();
+    let started = Instant::now();
+    let mut qemu = Command::new(repo().join("tests/image/run-vm.sh"))
+        .env("IMAGE_CHECK_LINGER", "30")
+        .arg(images)
+        .arg(disk)
+        .arg(sockets)
+        .arg(VM)
+        .args(qemu_args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cannot start tests/image/run-vm.sh");
+    let lines = console_reader(&mut qemu, run.join(format!("{label}.console")));
+
+    // Started before the guest is up, as CloudStack's agent does: send keeps
+    // (re)connecting and stays connected until the guest's ack.
+    let sender = send_key.map(|key| {
+        let cmd = Command::new(env!("CARGO_BIN_EXE_vport-bootargs"))
+            .arg("send")
+            .arg("--socket")
+            .arg(sockets.join(format!("{VM}.agent")))
+            .args(["-p", &CMDLINE.replace(' ', "%")])
+            .arg("--pubkey-file")
+            .arg(key)
+            .args(["--wait-ack", "180"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("cannot start vport-bootargs send");
+        thread::spawn(move || cmd.wait_with_output().unwrap())
+    });
+
+    let mut console = String::new();
+    let mut facts = Vec::new();
+    let deadline = started + BOOT_LIMIT;
+    let done = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) => {
+                console.push_str(&line);
+                console.push('\n');
+                if let Some(f) = line.strip_prefix("@@ ") {
+                    if f == "done" {
+                        break true;
+                    }
+                    facts.push(f.to_owned());
+                }
+            }
+            Err(_) => break false,
+        }
+    };
+    let elapsed = started.elapsed();
+    if !done {
+        let _ = qemu.kill();
+        let stderr = read_all(qemu.stderr.take());
+        let _ = qemu.wait();
+        panic!(
+            "{label} boot: the guest did not report within {BOOT_LIMIT:?}; QEMU said {stderr:?}; \
+             console:\n{}",
+            tail(&console, 60)
+        );
+    }
+
+    let agent = sockets.join(format!("{VM}.org.qemu.guest_agent.0"));
+    let ping = ping_then_shut_down(&agent, &mut qemu);
+    // Whatever the console said after `@@ done`, for the log file.
+    while let Ok(line) = lines.recv_timeout(Duration::from_secs(5)) {
+        console.push_str(&line);
+        console.push('\n');
+    }
+    let send = sender.map(|t| t.join().unwrap());
+    Boot {
+        facts,
+        console,
+        ping,
+        send,
+        elapsed,
+    }
+}
+
+/// Reads QEMU's stdout (the serial console) line by line into a channel and
+/// a log file.
+fn console_reader(qemu: &mut Child, log: PathBuf) -> mpsc::Receiver<String> {
+    let stdout = qemu.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let mut log = fs::File::create(log).unwrap();
+        for line in BufReader::new(stdout).split(b'\n') {
+            let Ok(line) = line else { break };
+            let line = String::from_utf8_lossy(&line)
+                .trim_end_matches('\r')
+                .to_owned();
+            let _ = writeln!(log, "{line}");
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// Sends guest-ping to qemu-guest-agent on its host socket and returns the
+/// reply, then guest-shutdown (which has no reply) on the same connection,
+/// held open until QEMU exits: QEMU may drop what a host wrote just before
+/// disconnecting. The guest powers itself off anyway
+/// (IMAGE_CHECK_LINGER), and QEMU is killed past AGENT_LIMIT.
+fn ping_then_shut_down(socket: &Path, qemu: &mut Child) -> Result<String, String> {
+    let ping = (|| {
+        let mut s = UnixStream::connect(socket).map_err(|e| format!("connect: {e}"))?;
+        s.set_read_timeout(Some(AGENT_LIMIT)).unwrap();
+        s.write_all(b"{\"execute\":\"guest-ping\"}\n")
+            .map_err(|e| format!("write: {e}"))?;
+        let mut line = String::new();
+        BufReader::new(&s)
+            .read_line(&mut line)
+            .map_err(|e| format!("read: {e}"))?;
+        Ok((s, line.trim().to_owned()))
+    })();
+    match ping {
+        Ok((mut s, reply)) => {
+            let _ = s.write_all(b"{\"execute\":\"guest-shutdown\"}\n");
+            wait_or_kill(qemu, AGENT_LIMIT);
+            Ok(reply)
+        }
+        Err(e) => {
+            wait_or_kill(qemu, AGENT_LIMIT);
+            Err(e)
+        }
+    }
+}
+
+fn wait_or_kill(child: &mut Child, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if child.try_wait().unwrap().is_some() {
+            return;
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+fn read_all(r: Option<impl Read>) -> String {
+    let mut s = String::new();
+    if let Some(mut r) = r {
+        let _ = r.read_to_string(&mut s);
+    }
+    s
+}
+
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+fn base64_decode(s: &str) -> Vec<u8> {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = Vec::new();
+    let (mut acc, mut bits) = (0u32, 0);
+    for c in s.bytes().filter(|&c| c != b'=') {
+        let v = ALPHABET.iter().position(|&a| a == c).expect("bad base64") as u32;
+        acc = acc << 6 | v;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+        }
+    }
+    out
+}
+
+/// Figures for the README: written to target/image/run/report.txt and
+/// printed (visible with --nocapture).
+fn report(run: &Path, built: Duration, total: Duration, boots: &[&Boot]) {
+    let cpu = fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .map(|r| r.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_default();
+    let nproc = thread::available_parallelism().map_or(0, |n| n.get());
+    let mut text = format!(
+        "machine: {nproc} cores, {cpu}, QEMU TCG\n\
+         package + image (cached or built): {:.1} s\n\
+         whole run: {:.1} s\n",
+        built.as_secs_f64(),
+        total.as_secs_f64()
+    );
+    for (name, b) in ["first", "second", "xen"].iter().zip(boots) {
+        let unit = b
+            .facts_with("unit vport-bootargs.service ")
+            .first()
+            .map(|s| s.to_string())
+            .unwrap_or_default();
+        text.push_str(&format!(
+            "{name} boot: QEMU start to report {:.1} s; guest uptime at report {} s; unit: {unit}\n",
+            b.elapsed.as_secs_f64(),
+            b.facts_with("uptime ").first().copied().unwrap_or("?")
+        ));
+    }
+    for b in boots.iter().take(1) {
+        text.push_str(&format!(
+            "systemd-analyze security: {}\n",
+            b.fact("security ")
+        ));
+    }
+    let _ = fs::write(run.join("report.txt"), &text);
+    eprintln!("{text}");
+}
+
+// ---- the package ----
+
+#[test]
+fn lintian_reports_no_errors_or_warnings() {
+    let s = suite();
+    let out = String::from_utf8_lossy(&s.lintian.stdout);
+    assert!(
+        s.lintian.status.success(),
+        "lintian failed on {}:\n{out}{}",
+        s.deb.display(),
+        String::from_utf8_lossy(&s.lintian.stderr)
+    );
+    assert!(
+        !out.lines()
+            .any(|l| l.starts_with("E:") || l.starts_with("W:")),
+        "{out}"
+    );
+}
+
+#[test]
+fn package_ships_binary_unit_man_pages_and_completion() {
+    let s = suite();
+    let out = Command::new("dpkg-deb")
+        .arg("-c")
+        .arg(&s.deb)
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&out.stdout);
+    for path in [
+        "./usr/sbin/vport-bootargs",
+        "./lib/systemd/system/vport-bootargs.service",
+        "./usr/lib/tmpfiles.d/vport-bootargs.conf",
+        "./usr/lib/modules-load.d/vport-bootargs.conf",
+        "./usr/share/man/man8/vport-bootargs.8.gz",
+        "./usr/share/man/man8/vport-bootargs-fetch.8.gz",
+        "./usr/share/man/man8/vport-bootargs-send.8.gz",
+        "./usr/share/bash-completion/completions/vport-bootargs",
+    ] {
+        assert!(
+            listing.lines().any(|l| l.ends_with(&format!(" {path}"))),
+            "{path} is not in the package:\n{listing}"
+        );
+    }
+}
+
+// ---- first boot: the host sends ----
+
+#[test]
+fn send_gets_the_guests_ack() {
+    let b = &suite().first;
+    let out = b.send.as_ref().unwrap();
+    assert!(
+        out.status.success(),
+        "vport-bootargs send: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn unit_succeeds_under_qemu() {
+    let b = &suite().first;
+    assert_eq!(b.fact("virt "), "qemu", "TCG guests are detected as qemu");
+    assert_eq!(b.unit("vport-bootargs.service", "ConditionResult"), "yes");
+    assert_eq!(b.unit("vport-bootargs.service", "ActiveState"), "active");
+    assert_eq!(b.unit("vport-bootargs.service", "Result"), "success");
+    assert_eq!(b.unit("vport-bootargs.service", "ExecMainStatus"), "0");
+}
+
+#[test]
+fn stored_files_hold_what_was_sent_with_their_modes() {
+    let b = &suite().first;
+    let (mode, owner, content) = b.file("/var/cache/cloud/cmdline");
+    assert_eq!((mode.as_str(), owner.as_str()), ("644", "root:root"));
+    assert_eq!(String::from_utf8(content).unwrap().trim_end(), CMDLINE);
+    for keys in [
+        "/var/cache/cloud/authorized_keys",
+        "/root/.ssh/authorized_keys",
+    ] {
+        let (mode, owner, content) = b.file(keys);
+        assert_eq!(
+            (mode.as_str(), owner.as_str()),
+            ("600", "root:root"),
+            "{keys}"
+        );
+        assert_eq!(
+            String::from_utf8(content).unwrap().trim_end(),
+            PUBKEY,
+            "{keys}"
+        );
+    }
+    assert_eq!(b.fact("dir /root/.ssh "), "700 root:root");
+    let show: Vec<&str> = b.facts_with("show ");
+    assert!(
+        show.contains(&"type='secstorage'"),
+        "vport-bootargs show --format env in the guest: {show:?}"
+    );
+}
+
+#[test]
+fn cloud_early_config_finds_the_files_already_in_place() {
+    let b = &suite().first;
+    let seen = b.fact("early-config ");
+    let cmdline_sha = sha256_hex(format!("{CMDLINE}\n").as_bytes());
+    let key_sha = sha256_hex(format!("{PUBKEY}\n").as_bytes());
+    assert_eq!(
+        seen,
+        format!(
+            "cmdline={cmdline_sha} cache_keys={key_sha} root_keys={key_sha} vport_bootargs=active"
+        )
+    );
+}
+
+#[test]
+fn udev_symlinks_resolve_to_the_ports() {
+    let b = &suite().first;
+    let ports = b.facts_with("port ");
+    assert_eq!(ports.len(), 2, "{ports:?}");
+    for p in ports {
+        // "vport0p2 name=s-1-VM.vport link=/dev/vport0p2"
+        let mut it = p.split_whitespace();
+        let node = it.next().unwrap();
+        let name = it.next().unwrap().strip_prefix("name=").unwrap();
+        let link = it.next().unwrap().strip_prefix("link=").unwrap();
+        assert!(
+            name == "org.qemu.guest_agent.0" || name == format!("{VM}.vport"),
+            "{p}"
+        );
+        assert_eq!(link, format!("/dev/{node}"), "/dev/virtio-ports/{name}");
+    }
+}
+
+#[test]
+fn guest_agent_is_active_and_answers_ping() {
+    let b = &suite().first;
+    assert_eq!(b.unit("qemu-guest-agent.service", "ActiveState"), "active");
+    assert_eq!(b.ping.as_deref(), Ok("{\"return\": {}}"));
+}
+
+#[test]
+fn unit_output_reaches_console_and_journal() {
+    let b = &suite().first;
+    let stored = "vport-bootargs: stored the cmdline";
+    assert!(
+        b.console
+            .lines()
+            .any(|l| !l.starts_with("@@") && l.contains(stored)),
+        "not on the console:\n{}",
+        b.console
+    );
+    assert!(
+        b.facts_with("journal ").iter().any(|l| l.contains(stored)),
+        "not in the journal: {:?}",
+        b.facts_with("journal ")
+    );
+}
+
+#[test]
+fn systemd_analyze_verify_is_clean() {
+    let b = &suite().first;
+    assert_eq!(b.fact("verify "), "rc=0");
+    assert!(!b.fact("manpage ").contains("missing"));
+}
+
+// ---- second boot: no host data ----
+
+#[test]
+fn reboot_without_host_data_keeps_stored_parameters() {
+    let s = suite();
+    let b = &s.second;
+    assert_eq!(b.unit("vport-bootargs.service", "Result"), "success");
+    assert_eq!(b.unit("vport-bootargs.service", "ExecMainStatus"), "0");
+    for f in [
+        "/var/cache/cloud/cmdline",
+        "/var/cache/cloud/authorized_keys",
+        "/root/.ssh/authorized_keys",
+    ] {
+        assert_eq!(b.file(f), s.first.file(f), "{f} changed");
+    }
+    let kept = b
+        .facts_with("journal ")
+        .iter()
+        .any(|l| l.contains("no fresh parameters within the grace period"));
+    assert!(kept, "{:?}", b.facts_with("journal "));
+    eprintln!(
+        "second boot: vport-bootargs ran {:.2} s (grace 5 s)",
+        b.unit_runtime("vport-bootargs.service").as_secs_f64()
+    );
+}
+
+// ---- third boot: Xen (by SMBIOS), the unit must be a no-op ----
+
+#[test]
+fn unit_is_skipped_on_xen() {
+    let s = suite();
+    let b = &s.xen;
+    assert_eq!(b.fact("virt "), "xen");
+    assert_eq!(b.unit("vport-bootargs.service", "ConditionResult"), "no");
+    assert_eq!(b.unit("vport-bootargs.service", "ActiveState"), "inactive");
+    assert!(
+        b.facts_with("journal ")
+            .iter()
+            .all(|l| !l.contains("vport-bootargs:")),
+        "the helper ran: {:?}",
+        b.facts_with("journal ")
+    );
+    // cloud-early-config runs as before and finds the earlier files.
+    assert!(b.fact("early-config ").ends_with("vport_bootargs=inactive"));
+    assert_eq!(
+        b.file("/var/cache/cloud/cmdline"),
+        s.first.file("/var/cache/cloud/cmdline")
+    );
+}

@@ -1,0 +1,68 @@
+#!/bin/sh
+# Builds a Debian bookworm system VM image with the package installed:
+#
+#   tests/image/build-image.sh DEB OUT_DIR
+#
+# leaves OUT_DIR/image.raw (ext4, the whole disk is the root filesystem),
+# OUT_DIR/vmlinuz and OUT_DIR/initrd.img (the image's own kernel and initrd).
+# Needs root, mmdebstrap and e2fsprogs; no loop mounts.
+#
+# dbus is there as in a real template: qemu-guest-agent's guest-shutdown
+# goes through logind. The package goes in the way a template build installs it: `apt-get
+# install ./vport-bootargs_*.deb` in the chroot. The test's guest files
+# (guest/) add a stand-in cloud-early-config.service and a unit that prints
+# what the boot did to the serial console.
+set -eu
+deb=$(realpath "$1")
+out=$2
+here=$(cd "$(dirname "$0")" && pwd)
+guest=$here/guest
+
+mkdir -p "$out"
+out=$(cd "$out" && pwd)
+tree=$out/tree
+rm -rf "$tree" "$out/image.raw" "$out/vmlinuz" "$out/initrd.img"
+
+# Smaller and faster: no docs or locales, no kernel
+# modules for hardware a VM does not have, an initrd with what a virtio
+# guest needs.
+mmdebstrap --variant=minbase --mode=root \
+    --include=systemd-sysv,udev,dbus,qemu-guest-agent,linux-image-amd64 \
+    --dpkgopt='path-exclude=/usr/share/doc/*' \
+    --dpkgopt='path-include=/usr/share/doc/*/copyright' \
+    --dpkgopt='path-exclude=/usr/share/locale/*' \
+    --dpkgopt='path-exclude=/lib/modules/*/kernel/drivers/gpu/*' \
+    --dpkgopt='path-exclude=/lib/modules/*/kernel/drivers/media/*' \
+    --dpkgopt='path-exclude=/lib/modules/*/kernel/drivers/net/wireless/*' \
+    --dpkgopt='path-exclude=/lib/modules/*/kernel/drivers/net/ethernet/*' \
+    --dpkgopt='path-exclude=/lib/modules/*/kernel/drivers/infiniband/*' \
+    --dpkgopt='path-exclude=/lib/modules/*/kernel/drivers/staging/*' \
+    --dpkgopt='path-exclude=/lib/modules/*/kernel/drivers/iio/*' \
+    --dpkgopt='path-exclude=/lib/modules/*/kernel/drivers/bluetooth/*' \
+    --dpkgopt='path-exclude=/lib/modules/*/kernel/sound/*' \
+    --dpkgopt='path-exclude=/lib/modules/*/kernel/net/wireless/*' \
+    --dpkgopt='path-exclude=/lib/modules/*/kernel/net/mac80211/*' \
+    --setup-hook='mkdir -p "$1/etc/initramfs-tools/conf.d"' \
+    --setup-hook='mkdir -p "$1/etc/initramfs-tools/hooks"' \
+    --setup-hook="upload '$guest/initramfs.conf' /etc/initramfs-tools/conf.d/image-test.conf" \
+    --setup-hook="upload '$guest/initramfs-hook' /etc/initramfs-tools/hooks/image-test" \
+    --setup-hook='chmod 0755 "$1/etc/initramfs-tools/hooks/image-test"' \
+    --customize-hook="upload '$deb' /tmp/vport-bootargs.deb" \
+    --customize-hook='chroot "$1" apt-get install -y --no-install-recommends /tmp/vport-bootargs.deb' \
+    --customize-hook='rm "$1/tmp/vport-bootargs.deb"' \
+    --customize-hook="upload '$guest/cloud-early-config.service' /etc/systemd/system/cloud-early-config.service" \
+    --customize-hook="upload '$guest/cloud-early-config' /usr/local/sbin/cloud-early-config" \
+    --customize-hook="upload '$guest/image-check.service' /etc/systemd/system/image-check.service" \
+    --customize-hook="upload '$guest/image-check' /usr/local/sbin/image-check" \
+    --customize-hook='chmod 0755 "$1/usr/local/sbin/cloud-early-config" "$1/usr/local/sbin/image-check"' \
+    --customize-hook='chroot "$1" systemctl enable cloud-early-config.service image-check.service' \
+    --customize-hook='chroot "$1" systemctl mask serial-getty@ttyS0.service getty@tty1.service' \
+    --customize-hook='echo systemvm >"$1/etc/hostname"' \
+    --customize-hook='echo "/dev/vda / ext4 rw,errors=remount-ro 0 1" >"$1/etc/fstab"' \
+    bookworm "$tree"
+
+cp "$(realpath "$tree/vmlinuz")" "$out/vmlinuz"
+cp "$(realpath "$tree/initrd.img")" "$out/initrd.img"
+size=$(du -sm "$tree" | cut -f1)
+mke2fs -q -t ext4 -L root -d "$tree" "$out/image.raw" "$((size + size / 2 + 64))M"
+rm -rf "$tree"
