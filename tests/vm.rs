@@ -308,6 +308,59 @@ fn large_message_is_delivered_when_the_host_stays() {
     assert_stored(&o, o.only_run(), &cmdline);
 }
 
+/// What patchviasocket.py does with a message larger than a page: write,
+/// close at once. QEMU 7.2 passes the guest about one page and drops the
+/// rest when the host closes, so the guest sees a cut line: the helper must
+/// store nothing of it (exit 69 at its timeout), or, with a QEMU that
+/// delivers it all, the whole message. Which one happened is reported.
+#[test]
+fn large_message_cut_by_a_closing_host_is_never_stored_in_part() {
+    let guest = boot(Config {
+        scenario: "large-cut",
+        fetch_args: vec!["--timeout".into(), "5".into()],
+        ..Config::default()
+    });
+    guest.wait_port(VPORT_ID, true, 1, BOOT);
+    let mut cmdline = cmdline("large-cut");
+    for i in 0..800 {
+        cmdline += &format!(" key{i}=value-{i:04}");
+    }
+    let whole = message(&cmdline);
+    send_and_close(&guest, whole.as_bytes());
+    let o = guest.finish();
+    let run = o.only_run();
+    let what = if run.exit == 0 {
+        assert_stored(&o, run, &cmdline);
+        "all of it".to_owned()
+    } else {
+        assert_exit(&o, run, 69);
+        assert_nothing_written(&o, run);
+        let dropped: usize = o
+            .helper_log()
+            .iter()
+            .find_map(|l| {
+                l.split("dropped ")
+                    .nth(1)
+                    .and_then(|r| r.split(' ').next())
+                    .and_then(|n| n.parse().ok())
+            })
+            .unwrap_or(0);
+        let pubkey_line = if o.log_has("received a pubkey line") {
+            whole.find('\n').unwrap() + 1
+        } else {
+            0
+        };
+        format!("{} bytes, then the host's close", pubkey_line + dropped)
+    };
+    report::record(
+        "35-large-cut",
+        &[format!(
+            "host writes {} bytes and closes at once (patchviasocket.py): the guest got {what}",
+            whole.len()
+        )],
+    );
+}
+
 /// The host never comes: the helper waits on the open port without
 /// spinning, then gives up with 69 and writes nothing. Also measures its
 /// CPU time and memory over 10 s of that wait.
@@ -422,6 +475,43 @@ fn reboot_without_host_keeps_the_stored_cmdline() {
             run.t1 - run.t0
         )],
     );
+}
+
+#[test]
+fn reboot_with_host_sending_in_the_grace_period_stores_the_fresh_cmdline() {
+    let guest = boot(Config {
+        scenario: "reboot-fresh",
+        precache: true,
+        fetch_args: vec!["--grace".into(), "5".into()],
+        ..Config::default()
+    });
+    let opened = guest.wait_port(VPORT_ID, true, 1, BOOT);
+    std::thread::sleep((opened + Duration::from_secs(1)).saturating_duration_since(Instant::now()));
+    let cmdline = cmdline("reboot-fresh");
+    send_and_close(&guest, message(&cmdline).as_bytes());
+    let o = guest.finish();
+    assert_stored(&o, o.only_run(), &cmdline);
+}
+
+/// The port is unplugged (QMP device_del) while the helper waits on it:
+/// the helper says so and exits 69 without waiting for its timeout.
+#[test]
+fn port_unplugged_while_waiting_ends_fetch_with_69() {
+    let guest = boot(Config {
+        scenario: "unplug",
+        fetch_args: vec!["--timeout".into(), "60".into()],
+        ..Config::default()
+    });
+    guest.wait_port(VPORT_ID, true, 1, BOOT);
+    std::thread::sleep(Duration::from_millis(500));
+    guest.qmp(r#"{"execute":"device_del","arguments":{"id":"vport"}}"#);
+    let o = guest.finish();
+    let run = o.only_run();
+    assert_exit(&o, run, 69);
+    assert_nothing_written(&o, run);
+    if !o.log_has("was unplugged while it was being read") {
+        fail(&o, "the helper did not notice the unplug");
+    }
 }
 
 #[test]
@@ -568,6 +658,8 @@ fn send_wait_ack_delivers_whenever_it_starts() {
         let delay = Duration::from_secs_f64(10.0 * (f64::from(i) + uniform()) / f64::from(RUNS));
         let guest = boot(Config {
             scenario: "send",
+            // Debug lines say how the helper saw the message end.
+            fetch_args: vec!["-v".into(), "--timeout".into(), "90".into()],
             ..Config::default()
         });
         std::thread::sleep((guest.started + delay).saturating_duration_since(Instant::now()));
@@ -598,9 +690,16 @@ fn send_wait_ack_delivers_whenever_it_starts() {
             .map(|e| e.0)
             .unwrap_or(f64::NAN);
         let start = (sent_at - o.started).as_secs_f64();
+        let end = if o.log_has("host disconnected after a whole message") {
+            "the helper saw the host disconnect"
+        } else if o.log_has("message complete") {
+            "the helper ended after the quiet time"
+        } else {
+            "the helper did not say how the message ended"
+        };
         lines.push(format!(
             "  run {i}: send started at {start:.2} s ({} the guest opened its port at {opened:.2} s), \
-             acked at {:.2} s, {:.2} s after it started",
+             acked at {:.2} s, {:.2} s after it started; {end}",
             if start < opened { "before" } else { "after" },
             (acked_at - o.started).as_secs_f64(),
             (acked_at - sent_at).as_secs_f64(),

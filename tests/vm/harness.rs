@@ -215,6 +215,7 @@ struct Shared {
 /// A running guest. Dropping it kills QEMU if it still runs.
 pub struct Guest {
     child: Mutex<Child>,
+    qmp: Mutex<UnixStream>,
     shared: Arc<Shared>,
     dir: tempfile::TempDir,
     pub started: Instant,
@@ -275,14 +276,21 @@ impl Guest {
         let qmp = connect_retry(Path::new(&sock("qmp")), Duration::from_secs(30))
             .unwrap_or_else(|e| panic!("QEMU did not open its QMP socket: {e}"));
         let started = Instant::now();
-        spawn_qmp(qmp, shared.clone());
+        let qmp = spawn_qmp(qmp, shared.clone());
         Guest {
             child: Mutex::new(child),
+            qmp: Mutex::new(qmp),
             shared,
             dir,
             started,
             accel,
         }
+    }
+
+    /// Sends one QMP command, e.g. `device_del`; its reply is not read.
+    pub fn qmp(&self, command: &str) {
+        let mut qmp = self.qmp.lock().unwrap();
+        writeln!(qmp, "{command}").unwrap_or_else(|e| self.fail(&format!("QMP write: {e}")));
     }
 
     pub fn socket(&self, id: &str) -> PathBuf {
@@ -448,7 +456,8 @@ fn spawn_lines(pipe: impl Read + Send + 'static, prefix: &'static str, shared: A
     });
 }
 
-fn spawn_qmp(stream: UnixStream, shared: Arc<Shared>) {
+/// Reads QMP's events in a thread; returns the socket to send commands on.
+fn spawn_qmp(stream: UnixStream, shared: Arc<Shared>) -> UnixStream {
     let mut writer = stream.try_clone().expect("clone QMP socket");
     let mut reader = BufReader::new(stream);
     let mut greeting = String::new();
@@ -473,6 +482,7 @@ fn spawn_qmp(stream: UnixStream, shared: Arc<Shared>) {
             }
         }
     });
+    writer
 }
 
 /// One file or directory the guest listed after a run.
