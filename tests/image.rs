@@ -9,10 +9,11 @@
 //! 2. tests/image/build-image.sh makes the image (mmdebstrap, mke2fs -d),
 //!    cached under target/image keyed on the .deb and the image recipe
 //!    (tests/image/cached-image.sh);
-//! 3. three boots of one copy of that disk (tests/image/run-vm.sh):
+//! 3. four boots of that disk (tests/image/run-vm.sh):
 //!    - first: the host sends with `vport-bootargs send --wait-ack`;
 //!    - second: no host data, the stored parameters must stay;
-//!    - third: SMBIOS says Xen, so the unit must do nothing.
+//!    - third and fourth: SMBIOS says Xen, then VMware, so the unit must
+//!      do nothing.
 //!
 //! The guest's image-check unit prints one `@@ WHAT ...` line per fact on
 //! the serial console (tests/image/guest/image-check); after `@@ done` the
@@ -122,6 +123,7 @@ struct Suite {
     first: Boot,
     second: Boot,
     xen: Boot,
+    vmware: Boot,
 }
 
 fn suite() -> &'static Suite {
@@ -159,32 +161,58 @@ fn suite() -> &'static Suite {
             Some(&key),
             &[],
         );
-        // The second and third boots start from the disk the first one left,
-        // each on its own copy, side by side (one TCG thread each).
+        // The other boots start from the disk the first one left, each on its
+        // own copy, side by side (one TCG thread each).
         let xen_disk = run.join("disk-xen.raw");
+        let vmware_disk = run.join("disk-vmware.raw");
         copy_sparse(&disk, &xen_disk);
-        let (second, xen) = thread::scope(|scope| {
+        copy_sparse(&disk, &vmware_disk);
+        let (second, xen, vmware) = thread::scope(|scope| {
             let second =
                 scope.spawn(|| boot(&images, &disk, sockets.path(), &run, "second", None, &[]));
             // systemd-detect-virt trusts a DMI vendor of Xen before CPUID.
-            let xen = boot(
+            let xen = scope.spawn(|| {
+                boot(
+                    &images,
+                    &xen_disk,
+                    sockets.path(),
+                    &run,
+                    "xen",
+                    None,
+                    &["-smbios", "type=1,manufacturer=Xen,product=HVM domU"],
+                )
+            });
+            // VMware's DMI vendor counts only once CPUID names no hypervisor
+            // (TCG's "TCGTCGTCGTCG" would say qemu).
+            let vmware = boot(
                 &images,
-                &xen_disk,
+                &vmware_disk,
                 sockets.path(),
                 &run,
-                "xen",
+                "vmware",
                 None,
-                &["-smbios", "type=1,manufacturer=Xen,product=HVM domU"],
+                &[
+                    "-cpu",
+                    "max,hypervisor=off",
+                    "-smbios",
+                    "type=1,manufacturer=VMware,, Inc.,product=VMware Virtual Platform",
+                ],
             );
-            (second.join().unwrap(), xen)
+            (second.join().unwrap(), xen.join().unwrap(), vmware)
         });
-        report(&run, built, started.elapsed(), &[&first, &second, &xen]);
+        report(
+            &run,
+            built,
+            started.elapsed(),
+            &[&first, &second, &xen, &vmware],
+        );
         Suite {
             deb,
             lintian,
             first,
             second,
             xen,
+            vmware,
         }
     })
 }
@@ -427,7 +455,7 @@ fn report(run: &Path, built: Duration, total: Duration, boots: &[&Boot]) {
         built.as_secs_f64(),
         total.as_secs_f64()
     );
-    for (name, b) in ["first", "second", "xen"].iter().zip(boots) {
+    for (name, b) in ["first", "second", "xen", "vmware"].iter().zip(boots) {
         let unit = b
             .facts_with("unit vport-bootargs.service ")
             .first()
@@ -639,13 +667,20 @@ fn reboot_without_host_data_keeps_stored_parameters() {
     );
 }
 
-// ---- third boot: Xen (by SMBIOS), the unit must be a no-op ----
+// ---- other hypervisors (by SMBIOS): the unit must be a no-op ----
 
 #[test]
 fn unit_is_skipped_on_xen() {
-    let s = suite();
-    let b = &s.xen;
-    assert_eq!(b.fact("virt "), "xen");
+    assert_skipped(&suite().xen, "xen");
+}
+
+#[test]
+fn unit_is_skipped_on_vmware() {
+    assert_skipped(&suite().vmware, "vmware");
+}
+
+fn assert_skipped(b: &Boot, virt: &str) {
+    assert_eq!(b.fact("virt "), virt);
     assert_eq!(b.unit("vport-bootargs.service", "ConditionResult"), "no");
     assert_eq!(b.unit("vport-bootargs.service", "ActiveState"), "inactive");
     assert!(
@@ -659,6 +694,6 @@ fn unit_is_skipped_on_xen() {
     assert!(b.fact("early-config ").ends_with("vport_bootargs=inactive"));
     assert_eq!(
         b.file("/var/cache/cloud/cmdline"),
-        s.first.file("/var/cache/cloud/cmdline")
+        suite().first.file("/var/cache/cloud/cmdline")
     );
 }
