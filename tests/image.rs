@@ -126,95 +126,110 @@ struct Suite {
     vmware: Boot,
 }
 
+/// Builds and boots once for all the tests. A failure is kept and reported
+/// by every test, instead of each test building and booting again.
 fn suite() -> &'static Suite {
-    static SUITE: OnceLock<Suite> = OnceLock::new();
-    SUITE.get_or_init(|| {
-        let started = Instant::now();
-        let deb = build_deb();
-        let lintian = Command::new("lintian")
-            .args(["--fail-on", "error,warning", "--pedantic", "-I"])
-            .arg(&deb)
-            .output()
-            .expect("cannot run lintian");
-        let images = image_for(&deb);
-        let built = started.elapsed();
+    static SUITE: OnceLock<Result<Suite, String>> = OnceLock::new();
+    let result = SUITE.get_or_init(|| {
+        std::panic::catch_unwind(run_suite).map_err(|e| {
+            e.downcast_ref::<String>()
+                .cloned()
+                .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default()
+        })
+    });
+    match result {
+        Ok(suite) => suite,
+        Err(e) => panic!("the image could not be built or booted: {e}"),
+    }
+}
 
-        let run = work().join("run");
-        let _ = fs::remove_dir_all(&run);
-        fs::create_dir_all(&run).unwrap();
-        let disk = run.join("disk.raw");
-        copy_sparse(&images.join("image.raw"), &disk);
-        // QEMU's sockets: a short path, sun_path holds 108 bytes.
-        let sockets = tempfile::Builder::new()
-            .prefix("vport-image")
-            .tempdir()
-            .unwrap();
-        let key = run.join("id_rsa.pub.cloud");
-        fs::write(&key, format!("{PUBKEY}\n")).unwrap();
+fn run_suite() -> Suite {
+    let started = Instant::now();
+    let deb = build_deb();
+    let lintian = Command::new("lintian")
+        .args(["--fail-on", "error,warning", "--pedantic", "-I"])
+        .arg(&deb)
+        .output()
+        .expect("cannot run lintian");
+    let images = image_for(&deb);
+    let built = started.elapsed();
 
-        let first = boot(
-            &images,
-            &disk,
-            sockets.path(),
-            &run,
-            "first",
-            Some(&key),
-            &[],
-        );
-        // The other boots start from the disk the first one left, each on its
-        // own copy, side by side (one TCG thread each).
-        let xen_disk = run.join("disk-xen.raw");
-        let vmware_disk = run.join("disk-vmware.raw");
-        copy_sparse(&disk, &xen_disk);
-        copy_sparse(&disk, &vmware_disk);
-        let (second, xen, vmware) = thread::scope(|scope| {
-            let second =
-                scope.spawn(|| boot(&images, &disk, sockets.path(), &run, "second", None, &[]));
-            // systemd-detect-virt trusts a DMI vendor of Xen before CPUID.
-            let xen = scope.spawn(|| {
-                boot(
-                    &images,
-                    &xen_disk,
-                    sockets.path(),
-                    &run,
-                    "xen",
-                    None,
-                    &["-smbios", "type=1,manufacturer=Xen,product=HVM domU"],
-                )
-            });
-            // VMware's DMI vendor counts only once CPUID names no hypervisor
-            // (TCG's "TCGTCGTCGTCG" would say qemu).
-            let vmware = boot(
+    let run = work().join("run");
+    let _ = fs::remove_dir_all(&run);
+    fs::create_dir_all(&run).unwrap();
+    let disk = run.join("disk.raw");
+    copy_sparse(&images.join("image.raw"), &disk);
+    // QEMU's sockets: a short path, sun_path holds 108 bytes.
+    let sockets = tempfile::Builder::new()
+        .prefix("vport-image")
+        .tempdir()
+        .unwrap();
+    let key = run.join("id_rsa.pub.cloud");
+    fs::write(&key, format!("{PUBKEY}\n")).unwrap();
+
+    let first = boot(
+        &images,
+        &disk,
+        sockets.path(),
+        &run,
+        "first",
+        Some(&key),
+        &[],
+    );
+    // The other boots start from the disk the first one left, each on its
+    // own copy, side by side (one TCG thread each).
+    let xen_disk = run.join("disk-xen.raw");
+    let vmware_disk = run.join("disk-vmware.raw");
+    copy_sparse(&disk, &xen_disk);
+    copy_sparse(&disk, &vmware_disk);
+    let (second, xen, vmware) = thread::scope(|scope| {
+        let second =
+            scope.spawn(|| boot(&images, &disk, sockets.path(), &run, "second", None, &[]));
+        // systemd-detect-virt trusts a DMI vendor of Xen before CPUID.
+        let xen = scope.spawn(|| {
+            boot(
                 &images,
-                &vmware_disk,
+                &xen_disk,
                 sockets.path(),
                 &run,
-                "vmware",
+                "xen",
                 None,
-                &[
-                    "-cpu",
-                    "max,hypervisor=off",
-                    "-smbios",
-                    "type=1,manufacturer=VMware,, Inc.,product=VMware Virtual Platform",
-                ],
-            );
-            (second.join().unwrap(), xen.join().unwrap(), vmware)
+                &["-smbios", "type=1,manufacturer=Xen,product=HVM domU"],
+            )
         });
-        report(
+        // VMware's DMI vendor counts only once CPUID names no hypervisor
+        // (TCG's "TCGTCGTCGTCG" would say qemu).
+        let vmware = boot(
+            &images,
+            &vmware_disk,
+            sockets.path(),
             &run,
-            built,
-            started.elapsed(),
-            &[&first, &second, &xen, &vmware],
+            "vmware",
+            None,
+            &[
+                "-cpu",
+                "max,hypervisor=off",
+                "-smbios",
+                "type=1,manufacturer=VMware,, Inc.,product=VMware Virtual Platform",
+            ],
         );
-        Suite {
-            deb,
-            lintian,
-            first,
-            second,
-            xen,
-            vmware,
-        }
-    })
+        (second.join().unwrap(), xen.join().unwrap(), vmware)
+    });
+    report(
+        &run,
+        built,
+        started.elapsed(),
+        &[&first, &second, &xen, &vmware],
+    );
+    Suite {
+        deb,
+        lintian,
+        first,
+        second,
+        xen,
+        vmware,
+    }
 }
 
 fn build_deb() -> PathBuf {
