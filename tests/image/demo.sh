@@ -21,15 +21,20 @@ if [ "$(id -u)" != 0 ]; then
     echo "demo: run as root (mmdebstrap builds the image tree as root)" >&2
     exit 77
 fi
+# sudo resets PATH; rustup puts cargo in ~/.cargo/bin.
+if ! command -v cargo >/dev/null && [ -x "$HOME/.cargo/bin/cargo" ]; then
+    PATH=$HOME/.cargo/bin:$PATH
+fi
 if ! command -v cargo >/dev/null; then
-    echo "demo: no cargo on PATH; install Rust with rustup (https://rustup.rs), then run again" >&2
+    echo "demo: no cargo for root; install Rust with rustup (https://rustup.rs) as root, then run again" >&2
     exit 69
 fi
 
 say "1/5 installing the tools (apt-get, rustup target)"
 pkgs="build-essential debhelper dpkg-dev lintian mmdebstrap e2fsprogs qemu-system-x86 git ca-certificates"
 # shellcheck disable=SC2086
-if ! dpkg-query -W $pkgs >/dev/null 2>&1; then
+missing=$(dpkg-query -W -f '${db:Status-Status} ${Package}\n' $pkgs 2>&1 | grep -v '^installed ' || true)
+if [ -n "$missing" ]; then
     apt-get update -q
     # shellcheck disable=SC2086
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $pkgs
