@@ -622,6 +622,89 @@ fn host_reads_ack_with_sha256_of_the_cmdline_every_time() {
     );
 }
 
+/// Runs the host build of `vport-bootargs send` against a guest's socket.
+fn run_send(
+    guest: &Guest,
+    cmdline: &str,
+    key_file: &std::path::Path,
+    extra: &[&str],
+) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_vport-bootargs"))
+        .arg("send")
+        .arg("--socket")
+        .arg(guest.socket(VPORT_ID))
+        .args(["--raw", "-p", cmdline])
+        .arg("--pubkey-file")
+        .arg(key_file)
+        .args(extra)
+        .output()
+        .expect("run vport-bootargs send")
+}
+
+fn key_file(dir: &tempfile::TempDir) -> std::path::PathBuf {
+    let path = dir.path().join("id_rsa.pub.cloud");
+    std::fs::write(&path, format!("{PUBKEY}\n")).unwrap();
+    path
+}
+
+/// `send` without --wait-ack is patchviasocket.py: write and close. It
+/// delivers when the helper already holds the port open.
+#[test]
+fn send_without_wait_ack_delivers_to_a_held_port() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = key_file(&dir);
+    let guest = boot(Config {
+        scenario: "send-once",
+        ..Config::default()
+    });
+    guest.wait_port(VPORT_ID, true, 1, BOOT);
+    let cmdline = cmdline("send-once");
+    let out = run_send(&guest, &cmdline, &key, &[]);
+    let o = guest.finish();
+    if !out.status.success() {
+        fail(
+            &o,
+            &format!(
+                "send failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        );
+    }
+    assert_stored(&o, o.only_run(), &cmdline);
+}
+
+/// `send --wait-ack` stays connected until the ack, so a message of
+/// several pages arrives whole (a write-and-close host loses all but the
+/// first page: large_message_cut_by_a_closing_host_is_never_stored_in_part).
+#[test]
+fn send_wait_ack_delivers_a_message_of_several_pages() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = key_file(&dir);
+    let guest = boot(Config {
+        scenario: "send-large",
+        ..Config::default()
+    });
+    guest.wait_port(VPORT_ID, true, 1, BOOT);
+    let mut cmdline = cmdline("send-large");
+    for i in 0..800 {
+        cmdline += &format!(" key{i}=value-{i:04}");
+    }
+    let out = run_send(&guest, &cmdline, &key, &["--wait-ack", "60"]);
+    let o = guest.finish();
+    if !out.status.success() {
+        fail(
+            &o,
+            &format!(
+                "send failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        );
+    }
+    assert_stored(&o, o.only_run(), &cmdline);
+}
+
 /// Issue 4's host side against a real guest: `vport-bootargs send
 /// --wait-ack`, started at random times from 0 to 10 s after QEMU starts
 /// (so both before and after the guest opens its port, at about 2 s under
@@ -649,8 +732,7 @@ fn send_wait_ack_delivers_whenever_it_starts() {
         (rng >> 11) as f64 / (1u64 << 53) as f64
     };
     let dir = tempfile::tempdir().unwrap();
-    let key_file = dir.path().join("id_rsa.pub.cloud");
-    std::fs::write(&key_file, format!("{PUBKEY}\n")).unwrap();
+    let key = key_file(&dir);
     let mut lines = vec![format!(
         "send --wait-ack 60, started at random times after QEMU starts (VB_SEED={seed}):"
     )];
@@ -665,15 +747,7 @@ fn send_wait_ack_delivers_whenever_it_starts() {
         std::thread::sleep((guest.started + delay).saturating_duration_since(Instant::now()));
         let cmdline = cmdline(&format!("send-{i}"));
         let sent_at = Instant::now();
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_vport-bootargs"))
-            .arg("send")
-            .arg("--socket")
-            .arg(guest.socket(VPORT_ID))
-            .args(["--raw", "-p", &cmdline, "--wait-ack", "60"])
-            .arg("--pubkey-file")
-            .arg(&key_file)
-            .output()
-            .expect("run vport-bootargs send");
+        let out = run_send(&guest, &cmdline, &key, &["--wait-ack", "60"]);
         let acked_at = Instant::now();
         let o = guest.finish();
         let stderr = String::from_utf8_lossy(&out.stderr);

@@ -114,17 +114,26 @@ fn probe_kvm() -> Accel {
         scenario: "probe",
         ..Config::default()
     };
-    let guest = Guest::start_with(&cfg, Accel::Kvm);
     // Under KVM this guest is at its init within a second or two.
-    let ok = guest.wait_console("VBDONE", Duration::from_secs(10));
-    let accel = if ok { Accel::Kvm } else { Accel::Tcg };
+    let outcome = match Guest::start_with(&cfg, Accel::Kvm) {
+        Ok(guest) if guest.wait_console("VBDONE", Duration::from_secs(10)) => Ok(()),
+        Ok(guest) => Err(match guest.child.lock().unwrap().try_wait() {
+            Ok(Some(status)) => format!("stopped ({status}) before its init"),
+            _ => "did not reach its init within 10 s".to_owned(),
+        }),
+        Err(e) => Err(format!(
+            "did not start ({})",
+            e.lines().next().unwrap_or_default()
+        )),
+    };
+    let accel = if outcome.is_ok() {
+        Accel::Kvm
+    } else {
+        Accel::Tcg
+    };
     crate::report::note(&format!(
         "accelerator probe: a KVM guest {}; using {}",
-        if ok {
-            "booted"
-        } else {
-            "did not reach its init within 10 s"
-        },
+        outcome.err().as_deref().unwrap_or("booted"),
         accel.name()
     ));
     accel
@@ -223,11 +232,12 @@ pub struct Guest {
 }
 
 impl Guest {
+    /// Starts a guest; one that QEMU cannot start fails the test.
     pub fn start(cfg: &Config) -> Guest {
-        Guest::start_with(cfg, accel())
+        Guest::start_with(cfg, accel()).unwrap_or_else(|e| panic!("{e}"))
     }
 
-    fn start_with(cfg: &Config, accel: Accel) -> Guest {
+    fn start_with(cfg: &Config, accel: Accel) -> Result<Guest, String> {
         let art = artifacts();
         let dir = tempfile::Builder::new()
             .prefix("vb-vm-")
@@ -274,16 +284,30 @@ impl Guest {
         spawn_lines(child.stdout.take().unwrap(), "", shared.clone());
         spawn_lines(child.stderr.take().unwrap(), "qemu: ", shared.clone());
         let qmp = connect_retry(Path::new(&sock("qmp")), Duration::from_secs(30))
-            .unwrap_or_else(|e| panic!("QEMU did not open its QMP socket: {e}"));
+            .and_then(|s| spawn_qmp(s, shared.clone()));
         let started = Instant::now();
-        let qmp = spawn_qmp(qmp, shared.clone());
-        Guest {
-            child: Mutex::new(child),
-            qmp: Mutex::new(qmp),
-            shared,
-            dir,
-            started,
-            accel,
+        match qmp {
+            Ok(qmp) => Ok(Guest {
+                child: Mutex::new(child),
+                qmp: Mutex::new(qmp),
+                shared,
+                dir,
+                started,
+                accel,
+            }),
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                // Let the reader threads take QEMU's last words.
+                std::thread::sleep(Duration::from_millis(200));
+                let state = shared.state.lock().unwrap();
+                let console: Vec<&str> = state.console.iter().map(|(_, l)| l.as_str()).collect();
+                Err(format!(
+                    "QEMU ({}) did not start: QMP: {e}\n--- console:\n{}",
+                    accel.name(),
+                    console.join("\n")
+                ))
+            }
         }
     }
 
@@ -457,14 +481,12 @@ fn spawn_lines(pipe: impl Read + Send + 'static, prefix: &'static str, shared: A
 }
 
 /// Reads QMP's events in a thread; returns the socket to send commands on.
-fn spawn_qmp(stream: UnixStream, shared: Arc<Shared>) -> UnixStream {
-    let mut writer = stream.try_clone().expect("clone QMP socket");
+fn spawn_qmp(stream: UnixStream, shared: Arc<Shared>) -> std::io::Result<UnixStream> {
+    let mut writer = stream.try_clone()?;
     let mut reader = BufReader::new(stream);
     let mut greeting = String::new();
-    reader.read_line(&mut greeting).expect("QMP greeting");
-    writer
-        .write_all(b"{\"execute\":\"qmp_capabilities\"}\n")
-        .expect("QMP capabilities");
+    reader.read_line(&mut greeting)?;
+    writer.write_all(b"{\"execute\":\"qmp_capabilities\"}\n")?;
     std::thread::spawn(move || {
         for line in reader.lines() {
             let Ok(line) = line else { break };
@@ -482,7 +504,7 @@ fn spawn_qmp(stream: UnixStream, shared: Arc<Shared>) -> UnixStream {
             }
         }
     });
-    writer
+    Ok(writer)
 }
 
 /// One file or directory the guest listed after a run.
