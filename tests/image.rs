@@ -117,21 +117,47 @@ impl Boot {
     }
 }
 
-struct Suite {
+/// The package, built once for all the tests.
+struct Package {
     deb: PathBuf,
     lintian: Output,
+}
+
+/// The four boots, run once for all the tests.
+struct Boots {
     first: Boot,
     second: Boot,
     xen: Boot,
     vmware: Boot,
 }
 
-/// Builds and boots once for all the tests. A failure is kept and reported
-/// by every test, instead of each test building and booting again.
-fn suite() -> &'static Suite {
-    static SUITE: OnceLock<Result<Suite, String>> = OnceLock::new();
-    let result = SUITE.get_or_init(|| {
-        std::panic::catch_unwind(run_suite).map_err(|e| {
+fn package() -> &'static Package {
+    static PACKAGE: OnceLock<Result<Package, String>> = OnceLock::new();
+    once(&PACKAGE, "the package could not be built", || {
+        let deb = build_deb();
+        let lintian = Command::new("lintian")
+            .args(["--fail-on", "error,warning", "--pedantic", "-I"])
+            .arg(&deb)
+            .output()
+            .expect("cannot run lintian");
+        Package { deb, lintian }
+    })
+}
+
+fn boots() -> &'static Boots {
+    static BOOTS: OnceLock<Result<Boots, String>> = OnceLock::new();
+    once(&BOOTS, "the image could not be built or booted", run_boots)
+}
+
+/// Runs `f` once for all the tests. A failure is kept and reported by every
+/// test that needs the result, instead of each one building or booting again.
+fn once<T>(
+    cell: &'static OnceLock<Result<T, String>>,
+    what: &str,
+    f: impl FnOnce() -> T + std::panic::UnwindSafe,
+) -> &'static T {
+    let result = cell.get_or_init(|| {
+        std::panic::catch_unwind(f).map_err(|e| {
             e.downcast_ref::<String>()
                 .cloned()
                 .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
@@ -139,20 +165,15 @@ fn suite() -> &'static Suite {
         })
     });
     match result {
-        Ok(suite) => suite,
-        Err(e) => panic!("the image could not be built or booted: {e}"),
+        Ok(v) => v,
+        Err(e) => panic!("{what}: {e}"),
     }
 }
 
-fn run_suite() -> Suite {
+fn run_boots() -> Boots {
     let started = Instant::now();
-    let deb = build_deb();
-    let lintian = Command::new("lintian")
-        .args(["--fail-on", "error,warning", "--pedantic", "-I"])
-        .arg(&deb)
-        .output()
-        .expect("cannot run lintian");
-    let images = image_for(&deb);
+    let deb = &package().deb;
+    let images = image_for(deb);
     let built = started.elapsed();
 
     let run = work().join("run");
@@ -222,9 +243,7 @@ fn run_suite() -> Suite {
         started.elapsed(),
         &[&first, &second, &xen, &vmware],
     );
-    Suite {
-        deb,
-        lintian,
+    Boots {
         first,
         second,
         xen,
@@ -314,7 +333,7 @@ fn boot(
     let mut console = String::new();
     let mut facts = Vec::new();
     let deadline = started + BOOT_LIMIT;
-    let done = loop {
+    let ended = loop {
         let left = deadline.saturating_duration_since(Instant::now());
         match lines.recv_timeout(left) {
             Ok(line) => {
@@ -322,22 +341,26 @@ fn boot(
                 console.push('\n');
                 if let Some(f) = line.strip_prefix("@@ ") {
                     if f == "done" {
-                        break true;
+                        break None;
                     }
                     facts.push(f.to_owned());
                 }
             }
-            Err(_) => break false,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                break Some(format!("the guest did not report within {BOOT_LIMIT:?}"))
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                break Some("QEMU exited before the guest reported".to_owned())
+            }
         }
     };
     let elapsed = started.elapsed();
-    if !done {
+    if let Some(problem) = ended {
         let _ = qemu.kill();
         let stderr = read_all(qemu.stderr.take());
         let _ = qemu.wait();
         panic!(
-            "{label} boot: the guest did not report within {BOOT_LIMIT:?}; QEMU said {stderr:?}; \
-             console:\n{}",
+            "{label} boot: {problem}; QEMU said {stderr:?}; console:\n{}",
             tail(&console, 60)
         );
     }
@@ -465,7 +488,7 @@ fn report(run: &Path, built: Duration, total: Duration, boots: &[&Boot]) {
     let nproc = thread::available_parallelism().map_or(0, |n| n.get());
     let mut text = format!(
         "machine: {nproc} cores, {cpu}, QEMU TCG\n\
-         package + image (cached or built): {:.1} s\n\
+         package and image ready (built or cached): {:.1} s\n\
          whole run: {:.1} s\n",
         built.as_secs_f64(),
         total.as_secs_f64()
@@ -496,7 +519,7 @@ fn report(run: &Path, built: Duration, total: Duration, boots: &[&Boot]) {
 
 #[test]
 fn lintian_reports_no_errors_or_warnings() {
-    let s = suite();
+    let s = package();
     let out = String::from_utf8_lossy(&s.lintian.stdout);
     assert!(
         s.lintian.status.success(),
@@ -513,7 +536,7 @@ fn lintian_reports_no_errors_or_warnings() {
 
 #[test]
 fn package_ships_binary_unit_man_pages_and_completion() {
-    let s = suite();
+    let s = package();
     let out = Command::new("dpkg-deb")
         .arg("-c")
         .arg(&s.deb)
@@ -541,7 +564,7 @@ fn package_ships_binary_unit_man_pages_and_completion() {
 
 #[test]
 fn send_gets_the_guests_ack() {
-    let b = &suite().first;
+    let b = &boots().first;
     let out = b.send.as_ref().unwrap();
     assert!(
         out.status.success(),
@@ -553,7 +576,7 @@ fn send_gets_the_guests_ack() {
 
 #[test]
 fn unit_succeeds_under_qemu() {
-    let b = &suite().first;
+    let b = &boots().first;
     assert_eq!(b.fact("virt "), "qemu", "TCG guests are detected as qemu");
     assert_eq!(b.unit("vport-bootargs.service", "ConditionResult"), "yes");
     assert_eq!(b.unit("vport-bootargs.service", "ActiveState"), "active");
@@ -563,7 +586,7 @@ fn unit_succeeds_under_qemu() {
 
 #[test]
 fn stored_files_hold_what_was_sent_with_their_modes() {
-    let b = &suite().first;
+    let b = &boots().first;
     let (mode, owner, content) = b.file("/var/cache/cloud/cmdline");
     assert_eq!((mode.as_str(), owner.as_str()), ("644", "root:root"));
     assert_eq!(String::from_utf8(content).unwrap().trim_end(), CMDLINE);
@@ -593,7 +616,7 @@ fn stored_files_hold_what_was_sent_with_their_modes() {
 
 #[test]
 fn cloud_early_config_finds_the_files_already_in_place() {
-    let b = &suite().first;
+    let b = &boots().first;
     let seen = b.fact("early-config ");
     let cmdline_sha = sha256_hex(format!("{CMDLINE}\n").as_bytes());
     let key_sha = sha256_hex(format!("{PUBKEY}\n").as_bytes());
@@ -607,7 +630,7 @@ fn cloud_early_config_finds_the_files_already_in_place() {
 
 #[test]
 fn udev_symlinks_resolve_to_the_ports() {
-    let b = &suite().first;
+    let b = &boots().first;
     let ports = b.facts_with("port ");
     assert_eq!(ports.len(), 2, "{ports:?}");
     for p in ports {
@@ -626,14 +649,14 @@ fn udev_symlinks_resolve_to_the_ports() {
 
 #[test]
 fn guest_agent_is_active_and_answers_ping() {
-    let b = &suite().first;
+    let b = &boots().first;
     assert_eq!(b.unit("qemu-guest-agent.service", "ActiveState"), "active");
     assert_eq!(b.ping.as_deref(), Ok("{\"return\": {}}"));
 }
 
 #[test]
 fn unit_output_reaches_console_and_journal() {
-    let b = &suite().first;
+    let b = &boots().first;
     let stored = "vport-bootargs: stored the cmdline";
     assert!(
         b.console
@@ -651,7 +674,7 @@ fn unit_output_reaches_console_and_journal() {
 
 #[test]
 fn systemd_analyze_verify_is_clean() {
-    let b = &suite().first;
+    let b = &boots().first;
     assert_eq!(b.fact("verify "), "rc=0");
     assert!(!b.fact("manpage ").contains("missing"));
 }
@@ -660,7 +683,7 @@ fn systemd_analyze_verify_is_clean() {
 
 #[test]
 fn reboot_without_host_data_keeps_stored_parameters() {
-    let s = suite();
+    let s = boots();
     let b = &s.second;
     assert_eq!(b.unit("vport-bootargs.service", "Result"), "success");
     assert_eq!(b.unit("vport-bootargs.service", "ExecMainStatus"), "0");
@@ -686,12 +709,12 @@ fn reboot_without_host_data_keeps_stored_parameters() {
 
 #[test]
 fn unit_is_skipped_on_xen() {
-    assert_skipped(&suite().xen, "xen");
+    assert_skipped(&boots().xen, "xen");
 }
 
 #[test]
 fn unit_is_skipped_on_vmware() {
-    assert_skipped(&suite().vmware, "vmware");
+    assert_skipped(&boots().vmware, "vmware");
 }
 
 fn assert_skipped(b: &Boot, virt: &str) {
@@ -709,6 +732,6 @@ fn assert_skipped(b: &Boot, virt: &str) {
     assert!(b.fact("early-config ").ends_with("vport_bootargs=inactive"));
     assert_eq!(
         b.file("/var/cache/cloud/cmdline"),
-        suite().first.file("/var/cache/cloud/cmdline")
+        boots().first.file("/var/cache/cloud/cmdline")
     );
 }
