@@ -47,16 +47,16 @@ pub fn fetch(opts: &FetchOptions) -> Result<Outcome> {
     let reboot = store::stored_cmdline(&opts.targets.cache_dir)?.is_some();
     if reboot {
         info!(
-            "{} already holds a cmdline; waiting up to {:?} for fresh parameters",
+            "{} already holds a cmdline; once the port is open, waiting up to {:?} for fresh parameters",
             opts.targets.cmdline().display(),
             opts.grace
         );
     }
-    let port_wait = if reboot {
-        opts.grace
-    } else {
-        opts.port_timeout
-    };
+    // The grace period is the host's time to speak once we listen, so it
+    // counts from opening the port; the port itself can appear seconds after
+    // this starts (virtio_console loaded late by udev, seen in the image
+    // test), and waiting for it only `grace` would drop fresh parameters.
+    let port_wait = opts.port_timeout;
     let Some(port) = wait_for_port(
         &opts.sysfs_root,
         &opts.dev_root,

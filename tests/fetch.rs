@@ -192,8 +192,9 @@ fn reboot_without_port_keeps_stored_cmdline() {
     let t = Tree::new();
     fs::create_dir_all(t.cache()).unwrap();
     fs::write(t.cache().join("cmdline"), "type=old\n").unwrap();
-    let (code, err) = finish(t.spawn_fetch(&["--grace", "0.5"]));
+    let (code, err) = finish(t.spawn_fetch(&["--grace", "0.5", "--port-timeout", "0.5"]));
     assert_eq!(code, 0, "{err}");
+    assert!(err.contains("keeping those"), "{err}");
     assert_eq!(t.stored_cmdline().unwrap(), "type=old\n");
 }
 
