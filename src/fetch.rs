@@ -115,7 +115,7 @@ pub fn fetch(opts: &FetchOptions) -> Result<Outcome> {
         }
     );
     if opts.ack {
-        reader.ack(&ack_line(&message.cmdline));
+        reader.ack(&ack_line(&message.cmdline), opts.settle);
     }
     Ok(Outcome::Stored {
         port: reader.label().to_owned(),

@@ -178,11 +178,45 @@ impl PortReader {
 
     /// Writes `line` back to the host, best effort: the port is
     /// non-blocking, and a host that is gone or reads nothing is fine.
-    pub fn ack(&mut self, line: &str) {
-        match self.file.write(line.as_bytes()) {
-            Ok(n) if n == line.len() => info!("acknowledged to the host: {}", line.trim_end()),
-            Ok(n) => debug!("ack cut short after {n} bytes"),
-            Err(e) => debug!("ack not sent ({e}); the host is not listening"),
+    ///
+    /// EAGAIN means the driver holds the host for disconnected, which can be
+    /// stale: a host's first bytes come on the data virtqueue and can be read
+    /// before the driver has handled QEMU's "host connected" message, which
+    /// comes on the control virtqueue (seen in tests/vm.rs: a read of 0 right
+    /// after the data). So on EAGAIN wait up to `wait` for the port to become
+    /// writable (the driver wakes the port on host connect) and try again.
+    pub fn ack(&mut self, line: &str, wait: Duration) {
+        let deadline = Instant::now() + wait;
+        let mut watching_out = false;
+        loop {
+            match self.file.write(line.as_bytes()) {
+                Ok(n) if n == line.len() => {
+                    return info!("acknowledged to the host: {}", line.trim_end())
+                }
+                Ok(n) => return debug!("ack cut short after {n} bytes"),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && Instant::now() < deadline => {
+                    if !watching_out {
+                        // Host connect shows as EPOLLOUT only.
+                        let flags =
+                            EpollFlags::EPOLLIN | EpollFlags::EPOLLOUT | EpollFlags::EPOLLET;
+                        if self
+                            .epoll
+                            .modify(self.file.as_fd(), &mut EpollEvent::new(flags, 0))
+                            .is_err()
+                        {
+                            return debug!("ack not sent ({e}); the host is not listening");
+                        }
+                        watching_out = true;
+                    }
+                    if self
+                        .wait(deadline.saturating_duration_since(Instant::now()))
+                        .is_err()
+                    {
+                        return debug!("ack not sent ({e}); the host is not listening");
+                    }
+                }
+                Err(e) => return debug!("ack not sent ({e}); the host is not listening"),
+            }
         }
     }
 }
