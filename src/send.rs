@@ -41,6 +41,8 @@ pub const RETRY_INTERVAL: Duration = Duration::from_millis(200);
 /// Without `--wait-ack`: how long QEMU may take to accept the bytes. They
 /// normally fit in the socket's buffer and the write returns at once.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// What QEMU passes on from a host that writes and closes at once.
+const CLOSE_AT_ONCE_LIMIT: usize = 4096;
 /// Longest line from the guest we look at; an ack is 68 bytes.
 const MAX_REPLY_LINE: usize = 1024;
 
@@ -279,6 +281,14 @@ pub fn send(opts: &SendOptions) -> Result<Outcome> {
 
 /// patchviasocket's behaviour: connect, write, close.
 fn send_once(path: &Path, bytes: &[u8]) -> Result<Outcome> {
+    if bytes.len() > CLOSE_AT_ONCE_LIMIT {
+        // Measured in tests/vm.rs: a host that closes at once gets one page
+        // through QEMU, even to a guest holding its port open.
+        warn!(
+            "the message is {} bytes; closing at once, only the first {CLOSE_AT_ONCE_LIMIT} reach the guest: use --wait-ack",
+            bytes.len()
+        );
+    }
     let stream = connect(path).map_err(|e| connect_error(path, e))?;
     let (written, result) = write_before(&stream, bytes, Instant::now() + WRITE_TIMEOUT);
     result.map_err(|e| write_error(path, written, bytes.len(), e))?;
