@@ -11,7 +11,10 @@
 //!
 //! Mount tests (read-only, full) need root: they run the helper inside
 //! `unshare -m` so nothing is mounted outside the test. Not being root is a
-//! failure, not a skip; CI runs these as root.
+//! failure, not a skip; CI runs these as root. The crash tests kill fetch
+//! at random moments and, with strace's fault injection, on entering each
+//! syscall in turn; strace also shows the fsync/rename order that a kill
+//! cannot. Without strace those tests fail (apt-get install strace).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
@@ -757,6 +760,80 @@ fn generation_of(i: usize, content: Option<&str>) -> Result<usize, String> {
     }
 }
 
+const ALLOWED_IN_CACHE: [&str; 4] = [
+    "authorized_keys",
+    "cmdline",
+    ".authorized_keys.vport-bootargs.tmp",
+    ".cmdline.vport-bootargs.tmp",
+];
+const ALLOWED_IN_SSH: [&str; 2] = ["authorized_keys", ".authorized_keys.vport-bootargs.tmp"];
+
+/// Each target's generation (see `generation_of`).
+fn generations(t: &Tree) -> [Result<usize, String>; 3] {
+    let files = t.targets();
+    std::array::from_fn(|i| generation_of(i, files[i].as_deref()))
+}
+
+/// How far a killed run got.
+#[derive(Debug, Default)]
+struct Kills {
+    untouched: usize,
+    partial: usize,
+    complete: usize,
+    temp_left: usize,
+}
+
+impl Kills {
+    /// After a run bringing generation `new` was killed: every target must
+    /// be what it was `before` or generation `new` (never torn, empty or
+    /// gone), the keys new once the cmdline is, and nothing but the
+    /// targets and at most one temp file each in the directories.
+    fn check(&mut self, t: &Tree, before: &[Result<usize, String>; 3], new: usize, at: &str) {
+        let after = generations(t);
+        for i in 0..3 {
+            assert!(
+                after[i] == before[i] || after[i] == Ok(new),
+                "{at}: target {i} went from {:?} to {:?}; only the old one or Ok({new}) may be there",
+                before[i],
+                after[i],
+            );
+        }
+        // The cmdline is written last: once it is new, so are the keys.
+        if after[0] == Ok(new) {
+            assert_eq!(
+                after,
+                [Ok(new), Ok(new), Ok(new)],
+                "{at}: cmdline before keys"
+            );
+        }
+        let cache = listing(&t.cache());
+        let ssh = listing(&t.ssh());
+        let stray = |names: &[String], allowed: &[&str]| {
+            names
+                .iter()
+                .filter(|n| !allowed.contains(&n.as_str()))
+                .cloned()
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            stray(&cache, &ALLOWED_IN_CACHE),
+            Vec::<String>::new(),
+            "{at}"
+        );
+        assert_eq!(stray(&ssh, &ALLOWED_IN_SSH), Vec::<String>::new(), "{at}");
+        let targets = after
+            .iter()
+            .filter(|a| **a != Err("missing".into()))
+            .count();
+        self.temp_left += usize::from(cache.len() + ssh.len() > targets);
+        match after.iter().filter(|a| **a == Ok(new)).count() {
+            0 => self.untouched += 1,
+            3 => self.complete += 1,
+            _ => self.partial += 1,
+        }
+    }
+}
+
 /// xorshift64*: the kill delays; the seed is printed so a failure replays
 /// with HOSTILE_SEED=<seed>.
 struct Rng(u64);
@@ -774,17 +851,6 @@ impl Rng {
 fn sigkill_while_storing_leaves_each_file_old_or_new_never_torn() {
     const RUNS: usize = 240;
     let t = Tree::new();
-    let allowed_cache = [
-        "authorized_keys",
-        "cmdline",
-        ".authorized_keys.vport-bootargs.tmp",
-        ".cmdline.vport-bootargs.tmp",
-    ];
-    let allowed_ssh = ["authorized_keys", ".authorized_keys.vport-bootargs.tmp"];
-    let generations = |t: &Tree| -> [Result<usize, String>; 3] {
-        let files = t.targets();
-        std::array::from_fn(|i| generation_of(i, files[i].as_deref()))
-    };
 
     // Unkilled runs first: the starting files, and how long a whole run
     // takes from spawn to exit, which the kill delays are spread over.
@@ -812,7 +878,7 @@ fn sigkill_while_storing_leaves_each_file_old_or_new_never_torn() {
         });
     eprintln!("HOSTILE_SEED={seed}; kill delays spread over {span:?}");
     let mut rng = Rng(seed);
-    let (mut untouched, mut partial, mut complete, mut temp_left) = (0, 0, 0, 0);
+    let mut kills = Kills::default();
     for run in 0..RUNS {
         // Every run brings a generation no file holds yet.
         let new = 5 + run;
@@ -828,46 +894,14 @@ fn sigkill_while_storing_leaves_each_file_old_or_new_never_torn() {
         child.kill().unwrap();
         child.wait().unwrap();
         drop(host);
-
-        let after = generations(&t);
-        for i in 0..3 {
-            assert!(
-                after[i] == before[i] || after[i] == Ok(new),
-                "run {run} (delay {delay:?}, HOSTILE_SEED={seed}): target {i} went from \
-                 {:?} to {:?}; only the old one or Ok({new}) may be there",
-                before[i],
-                after[i],
-            );
-        }
-        // The cmdline is written last: once it is new, so are the keys.
-        if after[0] == Ok(new) {
-            assert_eq!(
-                after,
-                [Ok(new), Ok(new), Ok(new)],
-                "run {run}: cmdline before keys"
-            );
-        }
-        let cache = listing(&t.cache());
-        let ssh = listing(&t.ssh());
-        assert!(
-            cache.iter().all(|n| allowed_cache.contains(&n.as_str())),
-            "run {run}: {cache:?}"
+        kills.check(
+            &t,
+            &before,
+            new,
+            &format!("run {run} (delay {delay:?}, HOSTILE_SEED={seed})"),
         );
-        assert!(
-            ssh.iter().all(|n| allowed_ssh.contains(&n.as_str())),
-            "run {run}: {ssh:?}"
-        );
-        temp_left += usize::from(cache.len() + ssh.len() > 3);
-        match after.iter().filter(|a| **a == Ok(new)).count() {
-            0 => untouched += 1,
-            3 => complete += 1,
-            _ => partial += 1,
-        }
     }
-    eprintln!(
-        "{RUNS} kills: {untouched} before any file changed, {partial} with some files new, \
-         {complete} after all were stored; {temp_left} left a temp file"
-    );
+    eprintln!("{RUNS} kills at random points: {kills:?}");
 
     // A run that is not killed cleans up whatever the last kill left.
     let _host = t.offer("vport0p1", &generation(0).1);
@@ -878,5 +912,221 @@ fn sigkill_while_storing_leaves_each_file_old_or_new_never_torn() {
     assert_eq!(
         fs::metadata(t.ssh()).unwrap().permissions().mode() & 0o777,
         0o700
+    );
+}
+
+/// Kills fetch on entering the k-th call of syscall `name` (strace's fault
+/// injection), with `new`'s message offered.
+fn fetch_killed_at(t: &Tree, name: &str, k: usize, new: usize) -> std::process::ExitStatus {
+    let fetch = t.fetch(&[("--settle", "0")]);
+    let host = t.offer("vport0p1", &generation(new).1);
+    let status = Command::new("strace")
+        .args(["-f", "-qq", "-o", "/dev/null", "-e"])
+        .arg(format!("trace={name}"))
+        .arg("-e")
+        .arg(format!("inject={name}:signal=KILL:when={k}"))
+        .arg("--")
+        .arg(fetch.get_program())
+        .args(fetch.get_args())
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("strace is needed for this test (apt-get install strace)");
+    drop(host);
+    status
+}
+
+/// How many times a whole, unkilled run calls each syscall in `names`.
+fn syscall_counts(t: &Tree, names: &[&str], new: usize) -> Vec<(String, usize)> {
+    let log = t.path("strace.log");
+    let fetch = t.fetch(&[("--settle", "0")]);
+    let _host = t.offer("vport0p1", &generation(new).1);
+    let out = Command::new("strace")
+        .args(["-f", "-qq", "-o"])
+        .arg(&log)
+        .arg("-e")
+        .arg(format!("trace={}", names.join(",")))
+        .arg("--")
+        .arg(fetch.get_program())
+        .args(fetch.get_args())
+        .stdin(Stdio::null())
+        .output()
+        .expect("strace is needed for this test (apt-get install strace)");
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let log = fs::read_to_string(&log).unwrap();
+    fs::remove_file(t.path("strace.log")).unwrap();
+    names
+        .iter()
+        .map(|name| {
+            let call = format!(" {name}(");
+            let n = log.lines().filter(|l| l.contains(&call)).count();
+            (name.to_string(), n)
+        })
+        .collect()
+}
+
+/// The same promise as above, without chance: fetch is killed on entering
+/// each call, one run per call, of every syscall that storing makes (and
+/// the same syscalls before it), first with the files there, then with the
+/// directories missing.
+#[test]
+fn sigkill_at_every_syscall_of_storing_leaves_each_file_old_or_new() {
+    const STORE_CALLS: &[&str] = &[
+        "openat",
+        "mkdir",
+        "chmod",
+        "fchmod",
+        "unlinkat",
+        "write",
+        "fsync",
+        "renameat",
+        "renameat2",
+        "close",
+    ];
+    let t = Tree::new();
+    let mut new = 0;
+    {
+        let _host = t.offer("vport0p1", &generation(new).1);
+        assert_eq!(code(&t.fetch(&[]).output().unwrap()), 0);
+    }
+
+    // Files there: each kill must leave old or new.
+    new += 1;
+    let counts = syscall_counts(&t, STORE_CALLS, new);
+    assert!(
+        counts
+            .iter()
+            .any(|(n, c)| n.starts_with("rename") && *c == 3),
+        "{counts:?}"
+    );
+    let mut kills = Kills::default();
+    for (name, count) in &counts {
+        for k in 1..=*count {
+            new += 1;
+            let before = generations(&t);
+            let status = fetch_killed_at(&t, name, k, new);
+            assert!(!status.success(), "{name} #{k}: fetch was not killed");
+            kills.check(&t, &before, new, &format!("killed at {name} #{k}"));
+        }
+    }
+    eprintln!("files there, {counts:?}: {kills:?}");
+    // Killed before the first rename, between renames, and after the last:
+    // all three happen, whatever the machine's speed.
+    assert!(
+        kills.untouched > 0 && kills.partial > 0 && kills.complete > 0,
+        "{kills:?}"
+    );
+    assert!(kills.temp_left > 0, "{kills:?}");
+
+    // Directories missing: each kill must leave nothing or new.
+    let mut kills = Kills::default();
+    let reset = |t: &Tree| {
+        fs::remove_dir_all(t.cache()).ok();
+        fs::remove_dir_all(t.ssh()).ok();
+    };
+    reset(&t);
+    new += 1;
+    let counts = syscall_counts(&t, STORE_CALLS, new);
+    for (name, count) in &counts {
+        for k in 1..=*count {
+            reset(&t);
+            new += 1;
+            let before = generations(&t);
+            let status = fetch_killed_at(&t, name, k, new);
+            assert!(!status.success(), "{name} #{k}: fetch was not killed");
+            kills.check(
+                &t,
+                &before,
+                new,
+                &format!("fresh tree, killed at {name} #{k}"),
+            );
+            if t.ssh().exists() {
+                let mode = fs::metadata(t.ssh()).unwrap().permissions().mode() & 0o777;
+                assert_eq!(mode & 0o077, 0, "{name} #{k}: ssh dir mode {mode:o}");
+            }
+        }
+    }
+    eprintln!("directories missing, {counts:?}: {kills:?}");
+}
+
+/// One line of `strace -o`: (syscall, arguments, result).
+fn parse_strace_line(line: &str) -> Option<(String, String, String)> {
+    let rest = line.split_once(' ')?.1.trim_start();
+    let (name, rest) = rest.split_once('(')?;
+    // strace pads short calls: `fsync(7)          = 0`.
+    let (args, result) = rest.rsplit_once(" = ")?;
+    let args = args.trim_end().strip_suffix(')')?;
+    Some((name.to_owned(), args.to_owned(), result.trim().to_owned()))
+}
+
+/// What SIGKILL cannot show, a power cut can: each file's data must be on
+/// disk before the rename that makes it the target, and the rename on disk
+/// (the directory synced) before the next file is started. The order of the
+/// syscalls of one whole run shows it.
+#[test]
+fn each_file_is_synced_before_its_rename_and_its_directory_after() {
+    let t = Tree::new();
+    t.store_old();
+    let log = t.path("strace.log");
+    let fetch = t.fetch(&[("--settle", "0")]);
+    let _host = t.offer("vport0p1", &message(CMDLINE_NEW, Some(KEY_NEW)));
+    let out = Command::new("strace")
+        .args(["-f", "-qq", "-s", "256", "-o"])
+        .arg(&log)
+        .args([
+            "-e",
+            "trace=openat,write,fsync,fdatasync,renameat,renameat2,rename",
+        ])
+        .arg("--")
+        .arg(fetch.get_program())
+        .args(fetch.get_args())
+        .stdin(Stdio::null())
+        .output()
+        .expect("strace is needed for this test (apt-get install strace)");
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(t.targets(), new_targets());
+    let calls: Vec<(String, String, String)> = fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .filter_map(parse_strace_line)
+        .collect();
+    let renames: Vec<usize> = (0..calls.len())
+        .filter(|&i| calls[i].0.starts_with("rename"))
+        .collect();
+    assert_eq!(renames.len(), 3, "{calls:#?}");
+    for (n, &r) in renames.iter().enumerate() {
+        let args: Vec<&str> = calls[r].1.split(", ").collect();
+        let (dirfd, tmp) = (args[0], args[1]);
+        assert!(tmp.ends_with(".vport-bootargs.tmp\""), "{:?}", calls[r]);
+        let open = (0..r)
+            .rev()
+            .find(|&i| calls[i].0 == "openat" && calls[i].1.contains(tmp))
+            .unwrap_or_else(|| panic!("no openat of {tmp} before its rename"));
+        assert!(calls[open].1.contains("O_EXCL") && calls[open].1.contains("O_NOFOLLOW"));
+        let fd = calls[open].2.clone();
+        let between = &calls[open + 1..r];
+        let wrote = between
+            .iter()
+            .position(|c| c.0 == "write" && c.1.starts_with(&format!("{fd}, ")));
+        let synced = between
+            .iter()
+            .position(|c| (c.0 == "fsync" || c.0 == "fdatasync") && c.1 == fd && c.2 == "0");
+        assert!(
+            matches!((wrote, synced), (Some(w), Some(f)) if w < f),
+            "{tmp}: written then synced before its rename: {between:#?}"
+        );
+        let next = renames.get(n + 1).copied().unwrap_or(calls.len());
+        assert!(
+            calls[r + 1..next]
+                .iter()
+                .any(|c| c.0 == "fsync" && c.1 == dirfd && c.2 == "0"),
+            "directory fd {dirfd} synced after renaming {tmp}, before the next file"
+        );
+    }
+    // Key files first, the cmdline last.
+    assert!(
+        calls[renames[2]].1.ends_with("\"cmdline\""),
+        "{:?}",
+        calls[renames[2]]
     );
 }
