@@ -14,14 +14,17 @@
 set -eu
 cd "$(dirname "$0")/../fuzz"
 secs=${FUZZ_SECS:-20}
+# Build output and the inputs found stay under the repository's target/.
+out=../target/fuzz
 export RUSTC_BOOTSTRAP=1
-cargo fuzz build
+cargo fuzz build --target-dir "$out"
 for target in $(cargo fuzz list); do
-    # New inputs go to a scratch copy, so the committed seeds stay as they are.
-    work=target/corpus/$target
+    # New inputs go to a scratch directory; the committed seeds stay as
+    # they are.
+    work=$out/corpus/$target
     mkdir -p "$work"
     echo "fuzz: $target for ${secs} s"
-    cargo fuzz run "$target" "$work" "corpus/$target" -- \
+    cargo fuzz run --target-dir "$out" "$target" "$work" "corpus/$target" -- \
         -max_total_time="$secs" -timeout=10 \
         -rss_limit_mb=1024 -malloc_limit_mb=8 \
         -print_final_stats=1
