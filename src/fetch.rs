@@ -44,7 +44,16 @@ pub fn fetch(opts: &FetchOptions) -> Result<Outcome> {
         )));
     }
     let start = Instant::now();
-    let reboot = store::stored_cmdline(&opts.targets.cache_dir)?.is_some();
+    let reboot = match store::stored_cmdline(&opts.targets.cache_dir) {
+        Ok(stored) => stored.is_some(),
+        // A damaged file (an older, non-atomic writer; a bad disk) must not
+        // keep fresh parameters out: read the port as on a first boot.
+        Err(e @ Error::BadStored { .. }) => {
+            warn!("{e}; reading the port as on a first boot");
+            false
+        }
+        Err(e) => return Err(e),
+    };
     if reboot {
         info!(
             "{} already holds a cmdline; once the port is open, waiting up to {:?} for fresh parameters",

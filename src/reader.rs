@@ -288,6 +288,33 @@ mod libc_flags {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn second_opener_errors_mean_port_busy_exit_75() {
+        // EBUSY from virtio_console's port_fops_open; EMFILE on old kernels.
+        let port = Port {
+            entry: "vport0p1".into(),
+            name: Some("s-1-VM.vport".into()),
+            dev: Some((251, 1)),
+            node: "/dev/vport0p1".into(),
+            link: None,
+            verdict: crate::ports::Verdict::Chosen,
+        };
+        for errno in [Errno::EBUSY, Errno::EMFILE] {
+            let e = open_error(&port, io::Error::from_raw_os_error(errno as i32));
+            assert!(matches!(e, Error::PortBusy { .. }), "{errno}: {e}");
+            assert_eq!(e.exit_code(), crate::error::exit::BUSY);
+            assert_eq!(
+                e.to_string(),
+                "port s-1-VM.vport (/dev/vport0p1) is held by another process; \
+                 stop it or pick another port with --name"
+            );
+        }
+        let e = open_error(&port, io::Error::from_raw_os_error(Errno::ENOENT as i32));
+        assert_eq!(e.exit_code(), crate::error::exit::IO);
+    }
+
     #[test]
     fn dev_t_decoding_matches_makedev() {
         // makedev(251, 1) and makedev(4095, 1048575) as glibc encodes them.

@@ -47,9 +47,15 @@ impl Targets {
 /// scripts that wait for the cmdline file take it as "parameters are here".
 /// Without a pubkey the key files are left as they are.
 pub fn store(message: &Message, targets: &Targets) -> Result<()> {
+    // Every directory is opened (and refused, if it is a symlink or not a
+    // directory) before any file is written, so that a refused directory
+    // leaves all the files as they were.
+    let cache = open_dir(&targets.cache_dir, CACHE_DIR_MODE, false)?;
     if let Some(key) = &message.pubkey {
+        // OpenSSH's StrictModes refuses keys in a group- or world-writable
+        // ~/.ssh, so the directory is made 0700 whatever it was.
+        let ssh = open_dir(&targets.ssh_dir, SSH_DIR_MODE, true)?;
         let content = format!("{key}\n");
-        let cache = open_dir(&targets.cache_dir, CACHE_DIR_MODE, false)?;
         write_atomic(
             &cache,
             &targets.cache_dir,
@@ -57,9 +63,6 @@ pub fn store(message: &Message, targets: &Targets) -> Result<()> {
             content.as_bytes(),
             KEYS_MODE,
         )?;
-        // OpenSSH's StrictModes refuses keys in a group- or world-writable
-        // ~/.ssh, so the directory is made 0700 whatever it was.
-        let ssh = open_dir(&targets.ssh_dir, SSH_DIR_MODE, true)?;
         write_atomic(
             &ssh,
             &targets.ssh_dir,
@@ -68,7 +71,6 @@ pub fn store(message: &Message, targets: &Targets) -> Result<()> {
             KEYS_MODE,
         )?;
     }
-    let cache = open_dir(&targets.cache_dir, CACHE_DIR_MODE, false)?;
     let content = format!("{}\n", message.cmdline);
     write_atomic(
         &cache,
@@ -165,6 +167,8 @@ pub fn write_atomic(
     // A temp file left by a run that crashed is removed, not piled up.
     match unlinkat(Some(raw), tmp.as_str(), UnlinkatFlags::NoRemoveDir) {
         Ok(()) | Err(Errno::ENOENT) => {}
+        // Usually there is no temp file at all: name the directory, not it.
+        Err(Errno::EROFS) => return Err(Error::io("cannot write in", dir, Errno::EROFS.into())),
         Err(e) => {
             return Err(Error::io(
                 "cannot remove stale temp file",

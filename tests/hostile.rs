@@ -492,6 +492,18 @@ fn host_never_connects_on_reboot_keeps_the_stored_files() {
     assert_eq!(t.targets(), old_targets());
 }
 
+#[test]
+fn damaged_stored_cmdline_does_not_keep_fresh_parameters_out() {
+    let t = Tree::new();
+    t.store_old();
+    fs::write(t.cache().join("cmdline"), b"type=\xff\xfe damaged\n").unwrap();
+    let _host = t.offer("vport0p1", &message(CMDLINE_NEW, Some(KEY_NEW)));
+    let out = t.fetch(&[]).output().unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(stderr(&out).contains("not valid UTF-8; reading the port as on a first boot"));
+    assert_eq!(t.targets(), new_targets());
+}
+
 // ---------------------------------------------------------------------------
 // Path safety: nothing written outside the configured directories.
 
@@ -556,22 +568,14 @@ fn assert_symlinked_dir_refused(which: &str) {
     );
     assert_eq!(snapshot(&outside), before, "something was written outside");
     assert_eq!(listing(&real), Vec::<String>::new());
-    // The directory that is still real holds old or new files only.
-    let keep = if which == "cache" { t.ssh() } else { t.cache() };
-    assert_no_temp_files(&[&keep]);
-    if which == "ssh" {
-        assert_eq!(
-            read(&t.cache().join("cmdline")).as_deref(),
-            Some(&*format!("{CMDLINE_OLD}\n"))
-        );
-        let key = read(&t.cache().join("authorized_keys")).unwrap();
-        assert!(key == format!("{KEY_OLD}\n") || key == format!("{KEY_NEW}\n"));
-    } else {
-        assert_eq!(
-            read(&t.ssh().join("authorized_keys")).as_deref(),
-            Some(&*format!("{KEY_OLD}\n"))
-        );
+    // Every directory is checked before any file is written: nothing
+    // changed anywhere.
+    let mut expected = old_targets();
+    let refused: &[usize] = if which == "cache" { &[0, 1] } else { &[2] };
+    for &i in refused {
+        expected[i] = None; // read through the symlink: the empty real dir
     }
+    assert_eq!(t.targets(), expected);
 }
 
 #[test]
@@ -702,6 +706,15 @@ fn read_only_filesystem_exits_74_and_leaves_the_old_files() {
         let line = error_line(&out);
         assert!(line.contains("Read-only file system"), "{line}");
         assert!(line.contains("/mnt/"), "{line}");
+        if key.is_none() {
+            // Nothing to remove and nothing may be written: the directory
+            // is named, not a temp file that does not exist.
+            assert!(
+                line.contains("cannot write in")
+                    && line.ends_with("/mnt/cache: Read-only file system (os error 30)"),
+                "{line}"
+            );
+        }
         assert_tmpfs_left_old_files(&after);
     }
 }
