@@ -514,6 +514,28 @@ fn port_unplugged_while_waiting_ends_fetch_with_69() {
     }
 }
 
+/// Another process holds the port (the driver's EBUSY on a second open):
+/// the helper says who to blame and exits 75 at once, writing nothing.
+#[test]
+fn port_held_by_another_process_exits_75() {
+    let guest = boot(Config {
+        scenario: "busy",
+        hold_vport: true,
+        fetch_args: vec!["--timeout".into(), "30".into()],
+        ..Config::default()
+    });
+    let o = guest.finish();
+    let run = o.only_run();
+    assert_exit(&o, run, 75);
+    assert_nothing_written(&o, run);
+    if !o.log_has("s-1-VM.vport (/dev/vport0p2) is held by another process") {
+        fail(
+            &o,
+            "the helper did not say the port is held by another process",
+        );
+    }
+}
+
 #[test]
 fn guest_agent_port_is_left_free_for_its_own_use() {
     let guest = boot(Config {

@@ -159,6 +159,8 @@ pub struct Config {
     pub sample_secs: Option<u32>,
     pub modules_late: bool,
     pub read_guest_agent: bool,
+    /// Another guest process holds the vport open while fetch runs.
+    pub hold_vport: bool,
 }
 
 impl Default for Config {
@@ -172,6 +174,7 @@ impl Default for Config {
             sample_secs: None,
             modules_late: false,
             read_guest_agent: false,
+            hold_vport: false,
         }
     }
 }
@@ -197,6 +200,9 @@ impl Config {
         }
         if self.read_guest_agent {
             a += " vbga=1";
+        }
+        if self.hold_vport {
+            a += " vbhold=1";
         }
         a
     }
