@@ -6,7 +6,7 @@ set -eu
 apt-get update -q
 DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
     ca-certificates build-essential file git dash util-linux \
-    qemu-system-x86 busybox-static cpio \
+    qemu-system-x86 busybox-static cpio strace \
     mmdebstrap e2fsprogs debhelper dpkg-dev fakeroot lintian systemd
 
 rustup component add rustfmt clippy
