@@ -663,6 +663,19 @@ fn run_send(
         .expect("run vport-bootargs send")
 }
 
+fn assert_sent(o: &Outcome, out: &std::process::Output) {
+    if !out.status.success() {
+        fail(
+            o,
+            &format!(
+                "send failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        );
+    }
+}
+
 fn key_file(dir: &tempfile::TempDir) -> std::path::PathBuf {
     let path = dir.path().join("id_rsa.pub.cloud");
     std::fs::write(&path, format!("{PUBKEY}\n")).unwrap();
@@ -683,16 +696,7 @@ fn send_without_wait_ack_delivers_to_a_held_port() {
     let cmdline = cmdline("send-once");
     let out = run_send(&guest, &cmdline, &key, &[]);
     let o = guest.finish();
-    if !out.status.success() {
-        fail(
-            &o,
-            &format!(
-                "send failed ({}): {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        );
-    }
+    assert_sent(&o, &out);
     assert_stored(&o, o.only_run(), &cmdline);
 }
 
@@ -714,16 +718,7 @@ fn send_wait_ack_delivers_a_message_of_several_pages() {
     }
     let out = run_send(&guest, &cmdline, &key, &["--wait-ack", "60"]);
     let o = guest.finish();
-    if !out.status.success() {
-        fail(
-            &o,
-            &format!(
-                "send failed ({}): {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        );
-    }
+    assert_sent(&o, &out);
     assert_stored(&o, o.only_run(), &cmdline);
 }
 
