@@ -16,6 +16,8 @@
 //! syscall in turn; strace also shows the fsync/rename order that a kill
 //! cannot. Without strace those tests fail (apt-get install strace).
 
+mod common;
+
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::AsRawFd;
@@ -25,7 +27,6 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::fcntl::{fcntl, FcntlArg};
-use nix::sys::stat::Mode;
 
 const BIN: &str = env!("CARGO_BIN_EXE_vport-bootargs");
 const PORT: &str = "s-1-VM.vport";
@@ -36,10 +37,10 @@ const KEY_NEW: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAInew new@host";
 const CMDLINE_OLD: &str = "type=secstorage name=s-1-VM gen=old";
 const CMDLINE_NEW: &str = "type=consoleproxy name=v-2-VM gen=new";
 
-/// A fake system: `sys/class/virtio-ports/vportNpM/{name,dev}`, `dev/vportNpM`
-/// FIFOs, and the two target directories `cache/` and `ssh/`.
+/// The shared fake tree (tests/common: sysfs attributes as files, FIFOs as
+/// ports), with the two target directories `cache/` and `ssh/` at its root.
 struct Tree {
-    _dir: tempfile::TempDir,
+    fake: common::Tree,
     root: PathBuf,
 }
 
@@ -52,25 +53,17 @@ impl Tree {
     }
 
     fn empty() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().to_path_buf();
-        fs::create_dir_all(root.join("sys/class/virtio-ports")).unwrap();
-        fs::create_dir_all(root.join("dev")).unwrap();
-        Self { _dir: dir, root }
+        let fake = common::Tree::new();
+        let root = fake.root().to_path_buf();
+        Self { fake, root }
     }
 
     fn add_port(&self, entry: &str, name: Option<&str>) {
-        let attrs = self.root.join("sys/class/virtio-ports").join(entry);
-        fs::create_dir_all(&attrs).unwrap();
-        fs::write(attrs.join("dev"), "251:1\n").unwrap();
-        if let Some(name) = name {
-            fs::write(attrs.join("name"), format!("{name}\n")).unwrap();
-        }
-        nix::unistd::mkfifo(&self.fifo(entry), Mode::from_bits_truncate(0o600)).unwrap();
+        self.fake.add_port(entry, name);
     }
 
     fn fifo(&self, entry: &str) -> PathBuf {
-        self.root.join("dev").join(entry)
+        self.fake.node(entry)
     }
 
     fn path(&self, rel: &str) -> PathBuf {
