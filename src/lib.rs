@@ -1,25 +1,27 @@
 //! vport-bootargs: Apache CloudStack boot parameters over virtio-serial,
 //! delivered whole.
 //!
-//! Guest side: [`ports`] finds the port by name, [`wait`] waits for it to
-//! appear, [`reader`] holds it open and reads, [`protocol`] frames the
-//! host's lines into a message, [`store`] writes the files atomically,
-//! [`fetch`] ties these together. [`cmdline`] reads the stored pairs back.
-//! Host side: [`send`]. [`cli`] is the command line over all of it.
+//! The tree says where each part runs:
+//! - [`guest`]: inside the system VM. Find the `*.vport` port, hold it open,
+//!   read one whole message, store it, answer with an ack.
+//! - [`host`]: on the KVM host. `send` writes the message to the VM's socket
+//!   (in place of patchviasocket.py) and can wait for the ack.
+//! - [`wire`]: the format both sides share, both directions. Pure.
+//! - [`cli`] (feature `cli`): the command line. Nothing else imports clap;
+//!   plain option structs cross into the library.
+//!
+//! Shared: [`error`] (one enum, one exit code per variant), [`log`],
+//! [`deadline`] (deadlines as poll timeouts), [`defaults`].
 
 pub mod log;
 
+#[cfg(feature = "cli")]
 pub mod cli;
-pub mod cmdline;
+pub mod deadline;
 pub mod defaults;
 pub mod error;
-pub mod fetch;
-pub mod pattern;
-pub mod ports;
-pub mod protocol;
-pub mod reader;
-pub mod send;
-pub mod store;
-pub mod wait;
+pub mod guest;
+pub mod host;
+pub mod wire;
 
 pub use error::{Error, Result};

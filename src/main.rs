@@ -1,5 +1,5 @@
 use clap::Parser;
-use vport_bootargs::cli::{self, Cli};
+use vport_bootargs::cli::{run::run, Cli};
 use vport_bootargs::error::exit;
 
 fn main() {
@@ -17,7 +17,7 @@ fn main() {
             std::process::exit(code);
         }
     };
-    let code = match cli::run(cli) {
+    let code = match run(cli) {
         Ok(code) => code,
         Err(e) => {
             vport_bootargs::log::emit(vport_bootargs::log::ERROR, format_args!("{e}"));

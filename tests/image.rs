@@ -31,7 +31,7 @@ use std::sync::OnceLock;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use vport_bootargs::protocol::sha256_hex;
+use vport_bootargs::wire::digest_hex;
 
 const VM: &str = "s-1-VM";
 const CMDLINE: &str = "template=domP type=secstorage host=10.1.1.1 port=8250 name=s-1-VM \
@@ -518,6 +518,7 @@ fn report(run: &Path, built: Duration, total: Duration, boots: &[&Boot]) {
 // ---- the package ----
 
 #[test]
+#[ignore = "builds and boots a Debian image; run by tests/run-all.sh"]
 fn lintian_reports_no_errors_or_warnings() {
     let s = package();
     let out = String::from_utf8_lossy(&s.lintian.stdout);
@@ -535,6 +536,7 @@ fn lintian_reports_no_errors_or_warnings() {
 }
 
 #[test]
+#[ignore = "builds and boots a Debian image; run by tests/run-all.sh"]
 fn package_ships_binary_unit_man_pages_and_completion() {
     let s = package();
     let out = Command::new("dpkg-deb")
@@ -563,6 +565,7 @@ fn package_ships_binary_unit_man_pages_and_completion() {
 // ---- first boot: the host sends ----
 
 #[test]
+#[ignore = "builds and boots a Debian image; run by tests/run-all.sh"]
 fn send_gets_the_guests_ack() {
     let b = &boots().first;
     let out = b.send.as_ref().unwrap();
@@ -575,6 +578,7 @@ fn send_gets_the_guests_ack() {
 }
 
 #[test]
+#[ignore = "builds and boots a Debian image; run by tests/run-all.sh"]
 fn unit_succeeds_under_qemu() {
     let b = &boots().first;
     assert_eq!(b.fact("virt "), "qemu", "TCG guests are detected as qemu");
@@ -585,6 +589,7 @@ fn unit_succeeds_under_qemu() {
 }
 
 #[test]
+#[ignore = "builds and boots a Debian image; run by tests/run-all.sh"]
 fn stored_files_hold_what_was_sent_with_their_modes() {
     let b = &boots().first;
     let (mode, owner, content) = b.file("/var/cache/cloud/cmdline");
@@ -615,11 +620,12 @@ fn stored_files_hold_what_was_sent_with_their_modes() {
 }
 
 #[test]
+#[ignore = "builds and boots a Debian image; run by tests/run-all.sh"]
 fn cloud_early_config_finds_the_files_already_in_place() {
     let b = &boots().first;
     let seen = b.fact("early-config ");
-    let cmdline_sha = sha256_hex(format!("{CMDLINE}\n").as_bytes());
-    let key_sha = sha256_hex(format!("{PUBKEY}\n").as_bytes());
+    let cmdline_sha = digest_hex(format!("{CMDLINE}\n").as_bytes());
+    let key_sha = digest_hex(format!("{PUBKEY}\n").as_bytes());
     assert_eq!(
         seen,
         format!(
@@ -629,6 +635,7 @@ fn cloud_early_config_finds_the_files_already_in_place() {
 }
 
 #[test]
+#[ignore = "builds and boots a Debian image; run by tests/run-all.sh"]
 fn udev_symlinks_resolve_to_the_ports() {
     let b = &boots().first;
     let ports = b.facts_with("port ");
@@ -648,6 +655,7 @@ fn udev_symlinks_resolve_to_the_ports() {
 }
 
 #[test]
+#[ignore = "builds and boots a Debian image; run by tests/run-all.sh"]
 fn guest_agent_is_active_and_answers_ping() {
     let b = &boots().first;
     assert_eq!(b.unit("qemu-guest-agent.service", "ActiveState"), "active");
@@ -655,6 +663,7 @@ fn guest_agent_is_active_and_answers_ping() {
 }
 
 #[test]
+#[ignore = "builds and boots a Debian image; run by tests/run-all.sh"]
 fn unit_output_reaches_console_and_journal() {
     let b = &boots().first;
     let stored = "vport-bootargs: stored the cmdline";
@@ -673,6 +682,7 @@ fn unit_output_reaches_console_and_journal() {
 }
 
 #[test]
+#[ignore = "builds and boots a Debian image; run by tests/run-all.sh"]
 fn systemd_analyze_verify_is_clean() {
     let b = &boots().first;
     assert_eq!(b.fact("verify "), "rc=0");
@@ -682,6 +692,7 @@ fn systemd_analyze_verify_is_clean() {
 // ---- second boot: no host data ----
 
 #[test]
+#[ignore = "builds and boots a Debian image; run by tests/run-all.sh"]
 fn reboot_without_host_data_keeps_stored_parameters() {
     let s = boots();
     let b = &s.second;
@@ -708,11 +719,13 @@ fn reboot_without_host_data_keeps_stored_parameters() {
 // ---- other hypervisors (by SMBIOS): the unit must be a no-op ----
 
 #[test]
+#[ignore = "builds and boots a Debian image; run by tests/run-all.sh"]
 fn unit_is_skipped_on_xen() {
     assert_skipped(&boots().xen, "xen");
 }
 
 #[test]
+#[ignore = "builds and boots a Debian image; run by tests/run-all.sh"]
 fn unit_is_skipped_on_vmware() {
     assert_skipped(&boots().vmware, "vmware");
 }

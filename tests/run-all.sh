@@ -18,8 +18,17 @@ if ! file "$bin" | grep -q 'statically linked\|static-pie linked'; then
 fi
 echo "$bin: $(stat -c %s "$bin") bytes, static"
 
-echo "== tests: unit, fake trees, send, hostile input, QEMU guests, Debian image"
+echo "== tests: unit, fake trees, send, hostile input (plain cargo test)"
 cargo test
+
+# The suites that boot guests are #[ignore]d, so that a contributor's
+# `cargo test` stays quick and needs no QEMU; here they run, and a guest
+# that cannot boot fails its test.
+echo "== QEMU guests with the real virtio_console driver (x86_64)"
+cargo test --test vm -- --ignored
+
+echo "== Debian image with the package and its unit"
+cargo test --test image -- --ignored
 
 echo "== fuzzing"
 tests/fuzz.sh

@@ -11,7 +11,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::thread;
 use std::time::Duration;
 
-use vport_bootargs::protocol::{ack_line, sha256_hex};
+use vport_bootargs::wire::{ack_line, digest_hex};
 
 const KEY: &str = "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQCx root@host";
 const CMDLINE: &str = "template=domP type=secstorage name=s-1-VM authorized_key=QUJD==";
@@ -328,7 +328,7 @@ fn stale_ack_is_logged_and_waiting_goes_on() {
     let out = host.run(&["-p", CMDLINE, "--wait-ack", "30"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let err = stderr(&out);
-    assert!(err.contains(&sha256_hex(b"an older cmdline")), "{err}");
+    assert!(err.contains(&digest_hex(b"an older cmdline")), "{err}");
     server.join().unwrap();
 }
 
@@ -348,8 +348,8 @@ fn only_wrong_acks_until_the_deadline_is_exit_76() {
     assert_eq!(out.status.code(), Some(76), "{}", stderr(&out));
     let err = stderr(&out);
     let last = err.lines().last().unwrap();
-    assert!(last.contains(&sha256_hex(b"something else")), "{err}");
-    assert!(last.contains(&sha256_hex(CMDLINE.as_bytes())), "{err}");
+    assert!(last.contains(&digest_hex(b"something else")), "{err}");
+    assert!(last.contains(&digest_hex(CMDLINE.as_bytes())), "{err}");
     server.join().unwrap();
 }
 
@@ -369,20 +369,20 @@ fn dropped_connection_is_made_again_and_the_message_resent() {
         read_to_end(second);
         (a, b)
     });
-    let opts = vport_bootargs::send::SendOptions {
+    let opts = vport_bootargs::host::SendOptions {
         socket: host.socket(),
-        message: vport_bootargs::protocol::Message {
+        message: vport_bootargs::wire::Message {
             cmdline: CMDLINE.into(),
             pubkey: Some(KEY.into()),
         },
         wait_ack: Some(Duration::from_secs(30)),
-        retry: vport_bootargs::send::RETRY_INTERVAL,
+        retry: vport_bootargs::host::RETRY_INTERVAL,
     };
-    let outcome = vport_bootargs::send::send(&opts).unwrap();
+    let outcome = vport_bootargs::host::send(&opts).unwrap();
     assert!(
         matches!(
             outcome,
-            vport_bootargs::send::Outcome::Acked { sends: 2, .. }
+            vport_bootargs::host::Outcome::Acked { sends: 2, .. }
         ),
         "{outcome:?}"
     );

@@ -22,7 +22,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use harness::{Config, Entry, Guest, Order, Outcome, Run, GA_ID, VPORT_ID, VPORT_NAME};
-use vport_bootargs::protocol::sha256_hex;
+use vport_bootargs::wire::digest_hex;
 
 const PUBKEY: &str =
     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHZtLXRlc3Qta2V5LWZvci12cG9ydC1ib290YXJncw vm-test@host";
@@ -174,7 +174,7 @@ fn read_ack(guest: &Guest, s: &UnixStream) -> String {
 }
 
 fn ack_for(cmdline: &str) -> String {
-    format!("ack:{}\n", sha256_hex(cmdline.as_bytes()))
+    format!("ack:{}\n", digest_hex(cmdline.as_bytes()))
 }
 
 /// Both port orders: the port is found by name, whatever its number.
@@ -194,11 +194,13 @@ fn port_order(order: Order, expected_entry: &str, test: &str) {
 }
 
 #[test]
+#[ignore = "boots QEMU guests; run by tests/run-all.sh"]
 fn vport_is_found_by_name_when_the_guest_agent_port_comes_first() {
     port_order(Order::GuestAgentFirst, "vport0p2", "ga-first");
 }
 
 #[test]
+#[ignore = "boots QEMU guests; run by tests/run-all.sh"]
 fn vport_is_found_by_name_when_it_comes_first() {
     port_order(Order::VportFirst, "vport0p1", "vport-first");
 }
@@ -221,21 +223,25 @@ fn write_once_after(delay: Duration, test: &str) {
 }
 
 #[test]
+#[ignore = "boots QEMU guests; run by tests/run-all.sh"]
 fn host_writing_and_closing_half_a_second_after_open_is_delivered() {
     write_once_after(Duration::from_millis(500), "after-0.5s");
 }
 
 #[test]
+#[ignore = "boots QEMU guests; run by tests/run-all.sh"]
 fn host_writing_and_closing_three_seconds_after_open_is_delivered() {
     write_once_after(Duration::from_secs(3), "after-3s");
 }
 
 #[test]
+#[ignore = "boots QEMU guests; run by tests/run-all.sh"]
 fn host_writing_and_closing_ten_seconds_after_open_is_delivered() {
     write_once_after(Duration::from_secs(10), "after-10s");
 }
 
 #[test]
+#[ignore = "boots QEMU guests; run by tests/run-all.sh"]
 fn host_keeping_its_connection_open_gets_the_ack_and_the_helper_finishes() {
     let guest = boot(Config {
         scenario: "keep-open",
@@ -260,6 +266,7 @@ fn host_keeping_its_connection_open_gets_the_ack_and_the_helper_finishes() {
 }
 
 #[test]
+#[ignore = "boots QEMU guests; run by tests/run-all.sh"]
 fn host_disconnecting_mid_line_then_resending_is_delivered_whole() {
     let guest = boot(Config {
         scenario: "mid-line",
@@ -288,6 +295,7 @@ fn host_disconnecting_mid_line_then_resending_is_delivered_whole() {
 /// write-and-close host cuts a message after about 4 KiB (measured here
 /// while writing this test).
 #[test]
+#[ignore = "boots QEMU guests; run by tests/run-all.sh"]
 fn large_message_is_delivered_when_the_host_stays() {
     let guest = boot(Config {
         scenario: "large",
@@ -314,6 +322,7 @@ fn large_message_is_delivered_when_the_host_stays() {
 /// store nothing of it (exit 69 at its timeout), or, with a QEMU that
 /// delivers it all, the whole message. Which one happened is reported.
 #[test]
+#[ignore = "boots QEMU guests; run by tests/run-all.sh"]
 fn large_message_cut_by_a_closing_host_is_never_stored_in_part() {
     let guest = boot(Config {
         scenario: "large-cut",
@@ -365,6 +374,7 @@ fn large_message_cut_by_a_closing_host_is_never_stored_in_part() {
 /// spinning, then gives up with 69 and writes nothing. Also measures its
 /// CPU time and memory over 10 s of that wait.
 #[test]
+#[ignore = "boots QEMU guests; run by tests/run-all.sh"]
 fn silent_host_times_out_with_69_and_nothing_written() {
     let guest = boot(Config {
         scenario: "silent",
@@ -428,6 +438,7 @@ fn refused(bytes: Vec<u8>, scenario: &'static str, why: &str) {
 }
 
 #[test]
+#[ignore = "boots QEMU guests; run by tests/run-all.sh"]
 fn oversized_line_is_refused_with_65_and_nothing_written() {
     let big = format!(
         "pubkey:{PUBKEY}\ncmdline:{} x=y\n",
@@ -437,6 +448,7 @@ fn oversized_line_is_refused_with_65_and_nothing_written() {
 }
 
 #[test]
+#[ignore = "boots QEMU guests; run by tests/run-all.sh"]
 fn invalid_utf8_is_refused_with_65_and_nothing_written() {
     let mut bytes = format!("pubkey:{PUBKEY}\ncmdline:name=s-1-VM x=").into_bytes();
     bytes.extend_from_slice(b"\xff\xfe\n");
@@ -444,6 +456,7 @@ fn invalid_utf8_is_refused_with_65_and_nothing_written() {
 }
 
 #[test]
+#[ignore = "boots QEMU guests; run by tests/run-all.sh"]
 fn reboot_without_host_keeps_the_stored_cmdline() {
     let guest = boot(Config {
         scenario: "reboot",
@@ -478,6 +491,7 @@ fn reboot_without_host_keeps_the_stored_cmdline() {
 }
 
 #[test]
+#[ignore = "boots QEMU guests; run by tests/run-all.sh"]
 fn reboot_with_host_sending_in_the_grace_period_stores_the_fresh_cmdline() {
     let guest = boot(Config {
         scenario: "reboot-fresh",
@@ -496,6 +510,7 @@ fn reboot_with_host_sending_in_the_grace_period_stores_the_fresh_cmdline() {
 /// The port is unplugged (QMP device_del) while the helper waits on it:
 /// the helper says so and exits 69 without waiting for its timeout.
 #[test]
+#[ignore = "boots QEMU guests; run by tests/run-all.sh"]
 fn port_unplugged_while_waiting_ends_fetch_with_69() {
     let guest = boot(Config {
         scenario: "unplug",
@@ -517,6 +532,7 @@ fn port_unplugged_while_waiting_ends_fetch_with_69() {
 /// Another process holds the port (the driver's EBUSY on a second open):
 /// the helper says who to blame and exits 75 at once, writing nothing.
 #[test]
+#[ignore = "boots QEMU guests; run by tests/run-all.sh"]
 fn port_held_by_another_process_exits_75() {
     let guest = boot(Config {
         scenario: "busy",
@@ -537,6 +553,7 @@ fn port_held_by_another_process_exits_75() {
 }
 
 #[test]
+#[ignore = "boots QEMU guests; run by tests/run-all.sh"]
 fn guest_agent_port_is_left_free_for_its_own_use() {
     let guest = boot(Config {
         scenario: "guest-agent",
@@ -586,6 +603,7 @@ fn guest_agent_port_is_left_free_for_its_own_use() {
 }
 
 #[test]
+#[ignore = "boots QEMU guests; run by tests/run-all.sh"]
 fn port_appearing_after_the_helper_started_is_found() {
     let guest = boot(Config {
         scenario: "late-module",
@@ -604,6 +622,7 @@ fn port_appearing_after_the_helper_started_is_found() {
 /// round trip from the host's write to the ack, over 12 fetches in one
 /// guest, each with fresh directories.
 #[test]
+#[ignore = "boots QEMU guests; run by tests/run-all.sh"]
 fn host_reads_ack_with_sha256_of_the_cmdline_every_time() {
     const RUNS: usize = 12;
     let guest = boot(Config {
@@ -685,6 +704,7 @@ fn key_file(dir: &tempfile::TempDir) -> std::path::PathBuf {
 /// `send` without --wait-ack is patchviasocket.py: write and close. It
 /// delivers when the helper already holds the port open.
 #[test]
+#[ignore = "boots QEMU guests; run by tests/run-all.sh"]
 fn send_without_wait_ack_delivers_to_a_held_port() {
     let dir = tempfile::tempdir().unwrap();
     let key = key_file(&dir);
@@ -704,6 +724,7 @@ fn send_without_wait_ack_delivers_to_a_held_port() {
 /// several pages arrives whole (a write-and-close host loses all but the
 /// first page: large_message_cut_by_a_closing_host_is_never_stored_in_part).
 #[test]
+#[ignore = "boots QEMU guests; run by tests/run-all.sh"]
 fn send_wait_ack_delivers_a_message_of_several_pages() {
     let dir = tempfile::tempdir().unwrap();
     let key = key_file(&dir);
@@ -728,6 +749,7 @@ fn send_wait_ack_delivers_a_message_of_several_pages() {
 /// TCG), delivers every time. One guest per run; the start times are
 /// stratified over the 10 s and their seed printed (VB_SEED repeats them).
 #[test]
+#[ignore = "boots QEMU guests; run by tests/run-all.sh"]
 fn send_wait_ack_delivers_whenever_it_starts() {
     const RUNS: u32 = 10;
     let seed: u64 = std::env::var("VB_SEED")

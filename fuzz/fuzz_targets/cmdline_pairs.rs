@@ -5,7 +5,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use vport_bootargs::cmdline::{get, pairs, unique_pairs};
+use vport_bootargs::guest::cmdline::{get, pairs, unique_pairs};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {

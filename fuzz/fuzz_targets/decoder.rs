@@ -11,7 +11,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use vport_bootargs::protocol::{
+use vport_bootargs::wire::{
     is_openssh_public_key, Decoder, Message, ProtocolError, MAX_LINE, MAX_MESSAGE,
 };
 

@@ -6,7 +6,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use vport_bootargs::cmdline::{shell_name, unique_pairs, write_env, write_json};
+use vport_bootargs::guest::cmdline::{shell_name, unique_pairs, write_env, write_json};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {

@@ -7,15 +7,15 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::poll::{poll, PollFd, PollFlags};
 use nix::sys::socket::{
     bind, recv, socket, AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType,
 };
 
+use super::ports::{self, Port, Selector};
 use crate::defaults::RESCAN_MS;
 use crate::error::{Error, Result};
-use crate::ports::{self, Port, Selector};
-use crate::{debug, warn};
+use crate::{deadline, debug, warn};
 
 /// Returns the chosen port once it exists, or None at the deadline.
 pub fn wait_for_port(
@@ -58,10 +58,10 @@ pub fn wait_for_port(
             );
             announced = true;
         }
-        let wait = (deadline - now).min(Duration::from_millis(RESCAN_MS.into()));
+        let until = deadline.min(now + Duration::from_millis(RESCAN_MS.into()));
         match &uevents {
-            Some(sock) => wait_uevent(sock, wait),
-            None => std::thread::sleep(wait),
+            Some(sock) => wait_uevent(sock, until),
+            None => std::thread::sleep(until - now),
         }
     }
 }
@@ -86,12 +86,11 @@ fn uevent_socket() -> Option<OwnedFd> {
     Some(sock)
 }
 
-/// Waits up to `wait` for uevents and drains them; which event it was does
-/// not matter, since the caller rescans either way.
-fn wait_uevent(sock: &OwnedFd, wait: Duration) {
-    let ms = u16::try_from(wait.as_millis()).unwrap_or(u16::MAX);
+/// Waits until `until` for uevents and drains them; which event it was
+/// does not matter, since the caller rescans either way.
+fn wait_uevent(sock: &OwnedFd, until: Instant) {
     let mut fds = [PollFd::new(sock.as_fd(), PollFlags::POLLIN)];
-    if poll(&mut fds, PollTimeout::from(ms)).unwrap_or(0) > 0 {
+    if poll(&mut fds, deadline::poll_timeout(until)).unwrap_or(0) > 0 {
         let mut buf = [0u8; 8192];
         let fd = std::os::fd::AsRawFd::as_raw_fd(sock);
         while let Ok(n) = recv(fd, &mut buf, MsgFlags::MSG_DONTWAIT) {

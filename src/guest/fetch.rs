@@ -3,13 +3,13 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use super::port::{PortReader, Received};
+use super::ports::{Selector, GUEST_AGENT_PORT};
+use super::store::{self, Targets};
+use super::wait::wait_for_port;
 use crate::error::{Error, Result};
-use crate::ports::{Selector, GUEST_AGENT_PORT};
-use crate::protocol::{ack_line, Decoder};
-use crate::reader::{PortReader, Received};
-use crate::store::{self, Targets};
-use crate::wait::wait_for_port;
-use crate::{info, warn};
+use crate::wire::{ack_line, Decoder};
+use crate::{deadline, info, warn};
 
 #[derive(Debug, Clone)]
 pub struct FetchOptions {
@@ -70,7 +70,7 @@ pub fn fetch(opts: &FetchOptions) -> Result<Outcome> {
         &opts.sysfs_root,
         &opts.dev_root,
         &opts.selector,
-        start + port_wait,
+        deadline::after(start, port_wait),
     )?
     else {
         if reboot {
@@ -86,7 +86,11 @@ pub fn fetch(opts: &FetchOptions) -> Result<Outcome> {
     let opened = Instant::now();
     let mut decoder = Decoder::new();
     let first_wait = if reboot { opts.grace } else { opts.timeout };
-    let mut received = reader.receive(&mut decoder, opened + first_wait, opts.settle)?;
+    let mut received = reader.receive(
+        &mut decoder,
+        deadline::after(opened, first_wait),
+        opts.settle,
+    )?;
     if reboot && matches!(received, Received::TimedOut) && decoder.received_any() {
         // Data started arriving within the grace period: the host is
         // sending, so give it the full timeout to finish.
@@ -94,7 +98,11 @@ pub fn fetch(opts: &FetchOptions) -> Result<Outcome> {
             "fresh data is arriving; waiting up to {:?} for the rest",
             opts.timeout
         );
-        received = reader.receive(&mut decoder, opened + opts.timeout, opts.settle)?;
+        received = reader.receive(
+            &mut decoder,
+            deadline::after(opened, opts.timeout),
+            opts.settle,
+        )?;
     }
     let message = match received {
         Received::Message(m) => m,

@@ -1,26 +1,10 @@
-//! CloudStack's wire format, host to guest: lines `pubkey:<key>` and
-//! `cmdline:<text>`, each ended by `\n` or `\r\n` (patchviasocket.py sends
-//! `pubkey:<key>\ncmdline:<text>\n` and closes). Pure: bytes in, a message
-//! out; it knows nothing of ports or files, and gives the same result however
-//! the bytes are split across reads.
+//! Decoding, guest side: the host's bytes into lines, lines into a
+//! [`Message`]. Gives the same result however the bytes are split across
+//! reads.
 
 use std::fmt;
 
-/// Longest line accepted, without its line ending.
-pub const MAX_LINE: usize = 64 * 1024;
-/// Largest message accepted, line endings included.
-pub const MAX_MESSAGE: usize = 256 * 1024;
-
-pub const CMDLINE_PREFIX: &str = "cmdline:";
-pub const PUBKEY_PREFIX: &str = "pubkey:";
-pub const ACK_PREFIX: &str = "ack:";
-
-/// A whole, valid message from the host.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Message {
-    pub cmdline: String,
-    pub pubkey: Option<String>,
-}
+use super::{is_openssh_public_key, Message, CMDLINE_PREFIX, MAX_LINE, MAX_MESSAGE, PUBKEY_PREFIX};
 
 /// Why the host's bytes were refused. The message is then not stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -194,40 +178,6 @@ impl Decoder {
     }
 }
 
-/// A light check that a pubkey line carries one OpenSSH public key:
-/// `<type> <base64> [comment]`, as in an authorized_keys line without
-/// options (what patchviasocket.py reads from id_rsa.pub.cloud).
-pub fn is_openssh_public_key(key: &str) -> bool {
-    let mut fields = key.split_ascii_whitespace();
-    let (Some(kind), Some(blob)) = (fields.next(), fields.next()) else {
-        return false;
-    };
-    let known_kind = ["ssh-", "ecdsa-", "sk-"]
-        .iter()
-        .any(|p| kind.starts_with(p) && kind.len() > p.len());
-    let base64 = blob
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/' || b == b'=');
-    known_kind && base64 && blob.len() >= 16
-}
-
-/// The acknowledgement line the guest writes back after storing `cmdline`:
-/// `ack:<lowercase hex sha256 of the cmdline text>\n`.
-pub fn ack_line(cmdline: &str) -> String {
-    format!("{ACK_PREFIX}{}\n", sha256_hex(cmdline.as_bytes()))
-}
-
-pub fn sha256_hex(data: &[u8]) -> String {
-    use sha2::{Digest, Sha256};
-    use std::fmt::Write;
-    let digest = Sha256::digest(data);
-    let mut hex = String::with_capacity(64);
-    for b in digest {
-        let _ = write!(hex, "{b:02x}");
-    }
-    hex
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -350,26 +300,6 @@ mod tests {
             decode(b"pubkey:not a key\ncmdline:a=b\n"),
             Err(ProtocolError::BadPubkey { line: 1 })
         );
-    }
-
-    #[test]
-    fn ack_is_sha256_of_cmdline_text() {
-        // sha256("abc"), FIPS 180-2 appendix B.1.
-        assert_eq!(
-            ack_line("abc"),
-            "ack:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad\n"
-        );
-    }
-
-    #[test]
-    fn openssh_key_shapes() {
-        assert!(is_openssh_public_key(KEY));
-        assert!(is_openssh_public_key(
-            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGx"
-        ));
-        assert!(!is_openssh_public_key("ssh-rsa"));
-        assert!(!is_openssh_public_key("rsa AAAAB3NzaC1yc2EAAAADAQAB"));
-        assert!(!is_openssh_public_key("ssh-rsa AAAA$(reboot)AAAAAAAAAA"));
     }
 
     proptest::proptest! {

@@ -1,19 +1,18 @@
-//! The command line: clap definitions and what each command does with the
-//! library. `main.rs` only parses, calls `run` and maps errors to exit codes;
-//! the man page is generated from `Cli::command()`.
+//! The command line, the only part of the crate that knows clap: the
+//! definitions here, [`run`] turning them into the library's plain option
+//! structs, [`render`] printing results. `main.rs` only parses, calls
+//! [`run::run`] and maps errors to exit codes; the man pages are generated
+//! from `Cli::command()` (examples/gen-docs.rs).
 
-use std::io::{self, Write};
+pub mod render;
+pub mod run;
+
 use std::path::PathBuf;
-use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::cmdline;
 use crate::defaults;
-use crate::error::{exit, Error, Result};
-use crate::fetch::{self, FetchOptions, Outcome};
-use crate::ports::{self, Selector};
-use crate::store::{self, Targets};
+use crate::guest::ports::Selector;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -96,7 +95,7 @@ pub struct SelectArgs {
 }
 
 impl SelectArgs {
-    fn selector(&self) -> Selector {
+    pub fn selector(&self) -> Selector {
         Selector {
             pattern: self.pattern.clone(),
             name: self.name.clone(),
@@ -177,143 +176,4 @@ fn secs(s: &str) -> std::result::Result<f64, String> {
         return Err(format!("{s:?} is out of range (0 to one year)"));
     }
     Ok(v)
-}
-
-/// Runs the parsed command; returns the exit code for a success or a "not
-/// found" (`get`), and an error for everything else.
-pub fn run(cli: Cli) -> Result<i32> {
-    crate::log::set_level(if cli.verbose {
-        crate::log::DEBUG
-    } else if cli.quiet {
-        crate::log::WARN
-    } else {
-        crate::log::INFO
-    });
-    let stdout = io::stdout();
-    let mut out = stdout.lock();
-    match cli.command {
-        Command::Fetch(args) => {
-            let opts = FetchOptions {
-                sysfs_root: cli.sysfs_root,
-                dev_root: cli.dev_root,
-                selector: args.select.selector(),
-                targets: Targets {
-                    cache_dir: args.cache_dir,
-                    ssh_dir: args.ssh_dir,
-                },
-                timeout: Duration::from_secs_f64(args.timeout),
-                port_timeout: Duration::from_secs_f64(args.port_timeout),
-                grace: Duration::from_secs_f64(args.grace),
-                settle: Duration::from_secs_f64(args.settle),
-                ack: !args.no_ack,
-            };
-            match fetch::fetch(&opts)? {
-                Outcome::Stored { .. } | Outcome::KeptStored => Ok(exit::OK),
-            }
-        }
-        Command::Ports { json, select } => {
-            let found =
-                ports::scan(&cli.sysfs_root, &cli.dev_root, &select.selector()).map_err(|e| {
-                    Error::io("cannot scan", cli.sysfs_root.join("class/virtio-ports"), e)
-                })?;
-            let written = if json {
-                write_ports_json(&mut out, &found)
-            } else {
-                write_ports_table(&mut out, &found)
-            };
-            written.map_err(stdout_error)?;
-            Ok(exit::OK)
-        }
-        Command::Get { key, cache_dir } => {
-            let text = stored(&cache_dir)?;
-            match cmdline::get(&text, &key) {
-                Some(v) => {
-                    writeln!(out, "{v}").map_err(stdout_error)?;
-                    Ok(exit::OK)
-                }
-                None => {
-                    crate::debug!(
-                        "{key:?} is not in {}",
-                        cache_dir.join(store::CMDLINE_FILE).display()
-                    );
-                    Ok(exit::NOT_FOUND)
-                }
-            }
-        }
-        Command::Show { format, cache_dir } => {
-            let text = stored(&cache_dir)?;
-            match format {
-                Format::Raw => writeln!(out, "{text}"),
-                Format::Env => cmdline::write_env(&mut out, &text),
-                Format::Json => cmdline::write_json(&mut out, &text),
-            }
-            .map_err(stdout_error)?;
-            Ok(exit::OK)
-        }
-        Command::Send(args) => crate::send::run(&args),
-    }
-}
-
-fn stored(cache_dir: &std::path::Path) -> Result<String> {
-    store::stored_cmdline(cache_dir)?.ok_or_else(|| Error::NoInput {
-        what: "no stored cmdline in",
-        path: cache_dir.join(store::CMDLINE_FILE),
-        problem: "missing or empty; run `vport-bootargs fetch` first".into(),
-    })
-}
-
-fn stdout_error(e: io::Error) -> Error {
-    Error::io("cannot write to", "standard output", e)
-}
-
-fn dev_string(p: &ports::Port) -> String {
-    p.dev
-        .map(|(a, b)| format!("{a}:{b}"))
-        .unwrap_or_else(|| "-".into())
-}
-
-/// `ports`: one row per port, the chosen one marked.
-pub fn write_ports_table(out: &mut impl Write, found: &[ports::Port]) -> io::Result<()> {
-    if found.is_empty() {
-        return writeln!(out, "no virtio ports");
-    }
-    writeln!(
-        out,
-        "{:<10} {:<16} {:<8} {:<28} VERDICT",
-        "PORT", "NODE", "DEV", "NAME"
-    )?;
-    for p in found {
-        writeln!(
-            out,
-            "{:<10} {:<16} {:<8} {:<28} {}",
-            p.entry,
-            p.node.display(),
-            dev_string(p),
-            p.name.as_deref().unwrap_or("-"),
-            p.verdict.describe()
-        )?;
-    }
-    Ok(())
-}
-
-/// `ports --json`: an array of objects with the same facts as the table.
-pub fn write_ports_json(out: &mut impl Write, found: &[ports::Port]) -> io::Result<()> {
-    use crate::cmdline::json_string as s;
-    let opt = |v: Option<String>| v.map(|v| s(&v)).unwrap_or_else(|| "null".into());
-    let rows: Vec<String> = found
-        .iter()
-        .map(|p| {
-            format!(
-                "{{\"port\":{},\"node\":{},\"dev\":{},\"name\":{},\"link\":{},\"chosen\":{},\"verdict\":{}}}",
-                s(&p.entry),
-                s(&p.node.to_string_lossy()),
-                opt(p.dev.map(|(a, b)| format!("{a}:{b}"))),
-                opt(p.name.clone()),
-                opt(p.link.as_ref().map(|l| l.to_string_lossy().into_owned())),
-                p.verdict == ports::Verdict::Chosen,
-                s(&p.verdict.describe()),
-            )
-        })
-        .collect();
-    writeln!(out, "[{}]", rows.join(","))
 }

@@ -20,7 +20,7 @@ use nix::sys::stat::{fchmod, Mode};
 use nix::unistd::{unlinkat, UnlinkatFlags};
 
 use crate::error::{Error, Result};
-use crate::protocol::Message;
+use crate::wire::Message;
 
 pub const CMDLINE_FILE: &str = "cmdline";
 pub const AUTHORIZED_KEYS_FILE: &str = "authorized_keys";

@@ -22,12 +22,14 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
-use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+use nix::fcntl::OFlag;
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
+use nix::sys::stat::{major, minor};
 
+use super::ports::Port;
 use crate::error::{Error, Result};
-use crate::ports::Port;
-use crate::protocol::{Decoder, Line, Message};
-use crate::{debug, info};
+use crate::wire::{Decoder, Line, Message};
+use crate::{deadline, debug, info};
 
 /// An open port, held until dropped.
 pub struct PortReader {
@@ -60,7 +62,7 @@ impl PortReader {
         let file = OpenOptions::new()
             .read(true)
             .write(writable)
-            .custom_flags(libc_flags::O_NONBLOCK | libc_flags::O_NOCTTY)
+            .custom_flags((OFlag::O_NONBLOCK | OFlag::O_NOCTTY).bits())
             .open(&port.node)
             .map_err(|e| open_error(port, e))?;
         // And again on what was opened, in case the node changed meanwhile.
@@ -153,24 +155,15 @@ impl PortReader {
             if decoder.has_cmdline() {
                 until = until.min(quiet_since.unwrap_or(now) + settle);
             }
-            self.wait(until - now)?;
+            self.wait(until)?;
         }
     }
 
     /// Sleeps until the port's next event (data, host connect or
-    /// disconnect) or `timeout`.
-    fn wait(&self, timeout: Duration) -> Result<()> {
-        // Round up so a sub-millisecond remainder does not become a 0 ms
-        // wait, which would loop without sleeping.
-        let ms = timeout
-            .as_micros()
-            .div_ceil(1000)
-            .clamp(1, i32::MAX as u128) as i32;
+    /// disconnect) or `until`.
+    fn wait(&self, until: Instant) -> Result<()> {
         let mut events = [EpollEvent::empty(); 1];
-        match self.epoll.wait(
-            &mut events,
-            EpollTimeout::try_from(ms).unwrap_or(EpollTimeout::MAX),
-        ) {
+        match self.epoll.wait(&mut events, deadline::epoll_timeout(until)) {
             Ok(_) | Err(Errno::EINTR) => Ok(()),
             Err(e) => Err(Error::io("cannot wait on port", &self.port.node, e.into())),
         }
@@ -186,7 +179,7 @@ impl PortReader {
     /// after the data). So on EAGAIN wait up to `wait` for the port to become
     /// writable (the driver wakes the port on host connect) and try again.
     pub fn ack(&mut self, line: &str, wait: Duration) {
-        let deadline = Instant::now() + wait;
+        let until = deadline::in_(wait);
         let mut watching_out = false;
         loop {
             match self.file.write(line.as_bytes()) {
@@ -194,7 +187,7 @@ impl PortReader {
                     return info!("acknowledged to the host: {}", line.trim_end())
                 }
                 Ok(n) => return debug!("ack cut short after {n} bytes"),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock && Instant::now() < deadline => {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && Instant::now() < until => {
                     if !watching_out {
                         // Host connect shows as EPOLLOUT only.
                         let flags =
@@ -208,10 +201,7 @@ impl PortReader {
                         }
                         watching_out = true;
                     }
-                    if self
-                        .wait(deadline.saturating_duration_since(Instant::now()))
-                        .is_err()
-                    {
+                    if self.wait(until).is_err() {
                         return debug!("ack not sent ({e}); the host is not listening");
                     }
                 }
@@ -246,7 +236,7 @@ fn check_node(port: &Port, meta: &io::Result<std::fs::Metadata>) -> Result<()> {
         return Ok(());
     }
     let rdev = meta.rdev();
-    let found = (major(rdev), minor(rdev));
+    let found = (major(rdev) as u32, minor(rdev) as u32);
     match port.dev {
         Some(expected) if expected == found => Ok(()),
         expected => Err(Error::DeviceMismatch {
@@ -272,20 +262,6 @@ fn open_error(port: &Port, e: io::Error) -> Error {
     }
 }
 
-/// glibc's gnu_dev_major/minor encoding of dev_t.
-fn major(dev: u64) -> u32 {
-    (((dev >> 32) & 0xffff_f000) | ((dev >> 8) & 0x0000_0fff)) as u32
-}
-
-fn minor(dev: u64) -> u32 {
-    (((dev >> 12) & 0xffff_ff00) | (dev & 0x0000_00ff)) as u32
-}
-
-mod libc_flags {
-    pub const O_NONBLOCK: i32 = nix::fcntl::OFlag::O_NONBLOCK.bits();
-    pub const O_NOCTTY: i32 = nix::fcntl::OFlag::O_NOCTTY.bits();
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -299,7 +275,7 @@ mod tests {
             dev: Some((251, 1)),
             node: "/dev/vport0p1".into(),
             link: None,
-            verdict: crate::ports::Verdict::Chosen,
+            verdict: super::super::ports::Verdict::Chosen,
         };
         for errno in [Errno::EBUSY, Errno::EMFILE] {
             let e = open_error(&port, io::Error::from_raw_os_error(errno as i32));
@@ -313,14 +289,5 @@ mod tests {
         }
         let e = open_error(&port, io::Error::from_raw_os_error(Errno::ENOENT as i32));
         assert_eq!(e.exit_code(), crate::error::exit::IO);
-    }
-
-    #[test]
-    fn dev_t_decoding_matches_makedev() {
-        // makedev(251, 1) and makedev(4095, 1048575) as glibc encodes them.
-        let dev = (251u64 << 8) | 1;
-        assert_eq!((super::major(dev), super::minor(dev)), (251, 1));
-        let big = ((4095u64 & 0xfff) << 8) | ((1048575u64 & 0xff) | ((1048575u64 & !0xff) << 12));
-        assert_eq!((super::major(big), super::minor(big)), (4095, 1048575));
     }
 }

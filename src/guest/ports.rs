@@ -13,7 +13,7 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use crate::pattern::glob_match;
+use super::pattern::glob_match;
 
 /// QEMU guest agent's port. Never opened: a second opener of a virtio port
 /// gets EBUSY, and qemu-ga would then fail to start.

@@ -1,0 +1,120 @@
+//! What each command does: the parsed arguments become the library's plain
+//! option structs, and the result an exit code.
+
+use std::io::{self, Write};
+use std::time::Duration;
+
+use super::render::{write_ports_json, write_ports_table};
+use super::{Cli, Command, Format};
+use crate::error::{exit, Error, Result};
+use crate::guest::fetch::{self, FetchOptions, Outcome};
+use crate::guest::store::{self, Targets};
+use crate::guest::{cmdline, ports};
+use crate::host::{self, SendRequest, Target};
+
+/// Runs the parsed command; returns the exit code for a success or a "not
+/// found" (`get`), and an error for everything else.
+pub fn run(cli: Cli) -> Result<i32> {
+    crate::log::set_level(if cli.verbose {
+        crate::log::DEBUG
+    } else if cli.quiet {
+        crate::log::WARN
+    } else {
+        crate::log::INFO
+    });
+    let stdout = io::stdout();
+    let mut out = stdout.lock();
+    match cli.command {
+        Command::Fetch(args) => {
+            let opts = FetchOptions {
+                sysfs_root: cli.sysfs_root,
+                dev_root: cli.dev_root,
+                selector: args.select.selector(),
+                targets: Targets {
+                    cache_dir: args.cache_dir,
+                    ssh_dir: args.ssh_dir,
+                },
+                timeout: Duration::from_secs_f64(args.timeout),
+                port_timeout: Duration::from_secs_f64(args.port_timeout),
+                grace: Duration::from_secs_f64(args.grace),
+                settle: Duration::from_secs_f64(args.settle),
+                ack: !args.no_ack,
+            };
+            match fetch::fetch(&opts)? {
+                Outcome::Stored { .. } | Outcome::KeptStored => Ok(exit::OK),
+            }
+        }
+        Command::Ports { json, select } => {
+            let found =
+                ports::scan(&cli.sysfs_root, &cli.dev_root, &select.selector()).map_err(|e| {
+                    Error::io("cannot scan", cli.sysfs_root.join("class/virtio-ports"), e)
+                })?;
+            let written = if json {
+                write_ports_json(&mut out, &found)
+            } else {
+                write_ports_table(&mut out, &found)
+            };
+            written.map_err(stdout_error)?;
+            Ok(exit::OK)
+        }
+        Command::Get { key, cache_dir } => {
+            let text = stored(&cache_dir)?;
+            match cmdline::get(&text, &key) {
+                Some(v) => {
+                    writeln!(out, "{v}").map_err(stdout_error)?;
+                    Ok(exit::OK)
+                }
+                None => {
+                    crate::debug!(
+                        "{key:?} is not in {}",
+                        cache_dir.join(store::CMDLINE_FILE).display()
+                    );
+                    Ok(exit::NOT_FOUND)
+                }
+            }
+        }
+        Command::Show { format, cache_dir } => {
+            let text = stored(&cache_dir)?;
+            match format {
+                Format::Raw => writeln!(out, "{text}"),
+                Format::Env => cmdline::write_env(&mut out, &text),
+                Format::Json => cmdline::write_json(&mut out, &text),
+            }
+            .map_err(stdout_error)?;
+            Ok(exit::OK)
+        }
+        Command::Send(args) => {
+            let target = match (args.socket, args.vm) {
+                (Some(path), _) => Target::Socket(path),
+                (None, Some(name)) => Target::Vm {
+                    name,
+                    socket_dir: args.socket_dir,
+                },
+                (None, None) => {
+                    return Err(Error::Usage("send needs -n VM or --socket PATH".into()))
+                }
+            };
+            let request = SendRequest {
+                target,
+                cmdline: args.cmdline,
+                raw: args.raw,
+                pubkey_file: (!args.no_pubkey).then_some(args.pubkey_file),
+                wait_ack: args.wait_ack.map(Duration::from_secs_f64),
+            };
+            host::send(&host::resolve(&request)?)?;
+            Ok(exit::OK)
+        }
+    }
+}
+
+fn stored(cache_dir: &std::path::Path) -> Result<String> {
+    store::stored_cmdline(cache_dir)?.ok_or_else(|| Error::NoInput {
+        what: "no stored cmdline in",
+        path: cache_dir.join(store::CMDLINE_FILE),
+        problem: "missing or empty; run `vport-bootargs fetch` first".into(),
+    })
+}
+
+fn stdout_error(e: io::Error) -> Error {
+    Error::io("cannot write to", "standard output", e)
+}

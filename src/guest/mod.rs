@@ -1,0 +1,16 @@
+//! Guest side: what runs inside the system VM at boot.
+//!
+//! [`ports`] finds the port by name ([`pattern`] matches it), [`wait`] waits
+//! for it to appear, [`port`] holds it open and reads, [`store`] writes the
+//! files atomically, [`fetch`] is the boot job that ties them together, and
+//! [`cmdline`] reads the stored `key=value` pairs back for `get` and `show`.
+
+pub mod cmdline;
+pub mod fetch;
+pub mod pattern;
+pub mod port;
+pub mod ports;
+pub mod store;
+pub mod wait;
+
+pub use fetch::{fetch, FetchOptions, Outcome};

@@ -1,0 +1,138 @@
+//! What to send where: the caller's request (VM name or socket, cmdline,
+//! key file) resolved and checked before anything is sent.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::wire::{check_cmdline, pubkey_line, Message};
+
+use super::session::{SendOptions, RETRY_INTERVAL};
+
+/// Where to send: a VM's socket in a directory, or a socket path.
+#[derive(Debug, Clone)]
+pub enum Target {
+    Vm { name: String, socket_dir: PathBuf },
+    Socket(PathBuf),
+}
+
+/// What the caller asked for, before it is checked and resolved.
+#[derive(Debug, Clone)]
+pub struct SendRequest {
+    pub target: Target,
+    /// The cmdline as given; `%` stands for a space unless `raw`.
+    pub cmdline: String,
+    pub raw: bool,
+    /// The public key file; None sends no `pubkey:` line.
+    pub pubkey_file: Option<PathBuf>,
+    pub wait_ack: Option<Duration>,
+}
+
+/// Resolves a request: socket path, cmdline text, public key, all checked
+/// before anything is sent.
+pub fn resolve(req: &SendRequest) -> Result<SendOptions> {
+    let socket = match &req.target {
+        Target::Socket(path) => path.clone(),
+        Target::Vm { name, socket_dir } => socket_for(socket_dir, name)?,
+    };
+    let cmdline = if req.raw {
+        req.cmdline.clone()
+    } else {
+        spaces_for_percent(&req.cmdline)
+    };
+    check_cmdline(&cmdline).map_err(|problem| {
+        let start: String = cmdline.chars().take(60).collect();
+        let more = if start.len() < cmdline.len() {
+            "..."
+        } else {
+            ""
+        };
+        Error::Usage(format!("-p/--cmdline {start:?}{more}: {problem}"))
+    })?;
+    let pubkey = match &req.pubkey_file {
+        Some(path) => Some(read_pubkey(path)?),
+        None => None,
+    };
+    Ok(SendOptions {
+        socket,
+        message: Message { cmdline, pubkey },
+        wait_ack: req.wait_ack,
+        retry: RETRY_INTERVAL,
+    })
+}
+
+/// `<dir>/<vm>.agent`, the path CloudStack's libvirt XML binds QEMU to.
+pub fn socket_for(dir: &Path, vm: &str) -> Result<PathBuf> {
+    if vm.is_empty() || vm == "." || vm == ".." || vm.contains('/') {
+        return Err(Error::Usage(format!(
+            "-n/--name {vm:?} is not a VM name (empty, or a path); use --socket PATH for a path"
+        )));
+    }
+    Ok(dir.join(format!("{vm}.agent")))
+}
+
+/// The Java side replaces spaces with `%` to pass the cmdline as one
+/// argument; patchviasocket.py turns every `%` back into a space.
+pub fn spaces_for_percent(text: &str) -> String {
+    text.replace('%', " ")
+}
+
+/// Reads the public key file: missing, unreadable or empty is EX_NOINPUT,
+/// as patchviasocket.py refused to send without a key; a file holding
+/// something else than one key is EX_DATAERR.
+pub fn read_pubkey(path: &Path) -> Result<String> {
+    let no_input = |problem: String| Error::NoInput {
+        what: "public key file",
+        path: path.to_owned(),
+        problem,
+    };
+    let bytes = std::fs::read(path).map_err(|e| {
+        no_input(match e.kind() {
+            io::ErrorKind::NotFound => "does not exist; create it or pass --no-pubkey".into(),
+            _ => format!("cannot be read: {e}"),
+        })
+    })?;
+    let text = String::from_utf8(bytes).map_err(|_| Error::BadInput {
+        what: "public key file",
+        path: path.to_owned(),
+        problem: "is not UTF-8 text".into(),
+    })?;
+    if text.trim().is_empty() {
+        return Err(no_input(
+            "is empty; put the host's public key in it or pass --no-pubkey".into(),
+        ));
+    }
+    pubkey_line(&text).map_err(|problem| Error::BadInput {
+        what: "public key file",
+        path: path.to_owned(),
+        problem,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percent_becomes_space_as_in_patchviasocket() {
+        assert_eq!(
+            spaces_for_percent("type=secstorage%name=s-1-VM%%x"),
+            "type=secstorage name=s-1-VM  x"
+        );
+    }
+
+    #[test]
+    fn socket_is_named_after_the_vm() {
+        assert_eq!(
+            socket_for(Path::new("/var/lib/libvirt/qemu"), "s-1-VM").unwrap(),
+            Path::new("/var/lib/libvirt/qemu/s-1-VM.agent")
+        );
+        for bad in ["", ".", "..", "../etc/x", "a/b"] {
+            assert!(
+                matches!(socket_for(Path::new("/d"), bad), Err(Error::Usage(_))),
+                "{bad:?}"
+            );
+        }
+    }
+}

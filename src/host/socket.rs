@@ -1,0 +1,164 @@
+//! The unix socket to QEMU: non-blocking connect, writes and waits with
+//! deadlines, and what each errno means to the caller.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Instant;
+
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags};
+use nix::sys::socket::{self, AddressFamily, MsgFlags, SockFlag, SockType, UnixAddr};
+
+use crate::deadline;
+use crate::error::Error;
+
+use super::session::WRITE_TIMEOUT;
+
+/// Connects without blocking: a unix socket whose listen queue is full
+/// answers EAGAIN at once instead of making us wait in connect().
+pub(super) fn connect(path: &Path) -> io::Result<UnixStream> {
+    let addr = UnixAddr::new(path).map_err(io::Error::from)?;
+    let fd = socket::socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    socket::connect(fd.as_raw_fd(), &addr)?;
+    Ok(UnixStream::from(fd))
+}
+
+/// Errors that can go away by themselves: QEMU not up yet, restarting, or
+/// busy with another client.
+pub(super) fn retryable(e: &io::Error) -> bool {
+    not_yet_reason(e).is_some()
+}
+
+/// Why a retryable connect failed, in a few words for the log.
+pub(super) fn not_yet(e: &io::Error) -> String {
+    not_yet_reason(e).map_or_else(|| e.to_string(), str::to_owned)
+}
+
+fn not_yet_reason(e: &io::Error) -> Option<&'static str> {
+    Some(match e.raw_os_error().map(Errno::from_raw)? {
+        Errno::ENOENT | Errno::ENOTDIR => "no socket there (VM not started yet?)",
+        Errno::ECONNREFUSED => "connection refused (nothing listening yet)",
+        Errno::EAGAIN => "no more connections accepted now (another sender connected?)",
+        Errno::ECONNRESET => "connection reset",
+        _ => return None,
+    })
+}
+
+/// Errors that mean the peer went away while we wrote.
+pub(super) fn dropped(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error().map(Errno::from_raw),
+        Some(Errno::EPIPE | Errno::ECONNRESET | Errno::ENOTCONN)
+    )
+}
+
+pub(super) fn connect_error(path: &Path, e: io::Error) -> Error {
+    let display = path.display();
+    match e.raw_os_error().map(Errno::from_raw) {
+        Some(Errno::ENOENT | Errno::ENOTDIR) => Error::NoSocket {
+            path: path.to_owned(),
+        },
+        Some(Errno::EACCES | Errno::EPERM) => Error::NoPermission {
+            path: path.to_owned(),
+            source: e,
+        },
+        Some(Errno::ECONNREFUSED) => Error::Unavailable(format!(
+            "connection refused on {display}: nothing listens there (VM not running?)"
+        )),
+        Some(Errno::EAGAIN) => Error::Unavailable(format!(
+            "{display} accepts no more connections now (another sender connected?)"
+        )),
+        Some(Errno::ENAMETOOLONG) => Error::Usage(format!(
+            "socket path {display} is too long for a unix socket address (at most 107 bytes)"
+        )),
+        _ => Error::io("cannot connect to", path, e),
+    }
+}
+
+pub(super) fn write_error(path: &Path, written: usize, total: usize, e: io::Error) -> Error {
+    let display = path.display();
+    if e.kind() == io::ErrorKind::TimedOut {
+        Error::Unavailable(format!(
+            "{display}: QEMU took only {written} of {total} bytes within {} s",
+            WRITE_TIMEOUT.as_secs()
+        ))
+    } else if dropped(&e) {
+        Error::Unavailable(format!(
+            "{display}: the connection was closed after {written} of {total} bytes ({e})"
+        ))
+    } else {
+        Error::io("cannot write to", path, e)
+    }
+}
+
+/// Writes all of `bytes` to the non-blocking stream, waiting for room until
+/// `deadline` (an error of kind TimedOut then). Returns how much was written
+/// too, for the error message. MSG_NOSIGNAL: a closed peer is EPIPE, not a
+/// signal.
+pub(super) fn write_before(
+    stream: &UnixStream,
+    bytes: &[u8],
+    deadline: Instant,
+) -> (usize, io::Result<()>) {
+    let mut written = 0;
+    while written < bytes.len() {
+        match socket::send(
+            stream.as_raw_fd(),
+            &bytes[written..],
+            MsgFlags::MSG_NOSIGNAL,
+        ) {
+            Ok(n) => written += n,
+            Err(Errno::EINTR) => {}
+            Err(Errno::EAGAIN) => match wait_for(stream.as_fd(), PollFlags::POLLOUT, deadline) {
+                Ok(true) => {}
+                Ok(false) => return (written, Err(io::ErrorKind::TimedOut.into())),
+                Err(e) => return (written, Err(e)),
+            },
+            Err(e) => return (written, Err(e.into())),
+        }
+    }
+    (written, Ok(()))
+}
+
+/// Sleeps in poll() until `fd` has one of `events` (or an error or hangup,
+/// which the next read or write reports) or `deadline` passes: true if the
+/// caller should try again, false at the deadline.
+pub(super) fn wait_for(fd: BorrowedFd, events: PollFlags, deadline: Instant) -> io::Result<bool> {
+    if Instant::now() >= deadline {
+        return Ok(false);
+    }
+    match nix::poll::poll(
+        &mut [PollFd::new(fd, events)],
+        deadline::poll_timeout(deadline),
+    ) {
+        Ok(0) => Ok(Instant::now() < deadline),
+        Ok(_) | Err(Errno::EINTR) => Ok(true),
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::exit;
+
+    #[test]
+    fn connect_errors_map_to_distinct_exit_codes() {
+        let p = Path::new("/run/x.agent");
+        let code = |errno: Errno| connect_error(p, io::Error::from(errno)).exit_code();
+        assert_eq!(code(Errno::ENOENT), exit::NOHOST);
+        assert_eq!(code(Errno::ECONNREFUSED), exit::UNAVAILABLE);
+        assert_eq!(code(Errno::EACCES), exit::NOPERM);
+        assert_eq!(code(Errno::ENAMETOOLONG), exit::USAGE);
+        assert!(retryable(&Errno::ENOENT.into()));
+        assert!(retryable(&Errno::ECONNREFUSED.into()));
+        assert!(!retryable(&Errno::EACCES.into()));
+    }
+}
