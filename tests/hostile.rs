@@ -1,233 +1,37 @@
 //! Hostile and broken conditions around `fetch`, end to end through the
 //! binary against a fake tree (sysfs attributes as files, the port a FIFO):
-//! refused host data, SIGKILL while storing, planted symlinks, a cache path
-//! that is not a directory, read-only and full filesystems, odd port sets.
+//! refused host data, a host cut off mid-line, planted symlinks, a cache
+//! path that is not a directory, read-only and full filesystems, SIGKILL
+//! while storing.
 //!
 //! The port is offered the way a connected host does it: the test opens the
 //! FIFO read-write and writes the message before `fetch` starts, so the data
 //! waits in the pipe and no writer has to race the reader; `fetch` then
-//! completes on `--settle` quiet. Tests that need a disconnect open a
-//! separate writer.
+//! completes on `--settle` quiet. Tests that need a disconnect connect
+//! separately, once fetch has logged that it holds the port.
 //!
-//! Mount tests (read-only, full) need root: they run the helper inside
-//! `unshare -m` so nothing is mounted outside the test. Not being root is a
-//! failure, not a skip; CI runs these as root. The crash tests kill fetch
-//! at random moments and, with strace's fault injection, on entering each
-//! syscall in turn; strace also shows the fsync/rename order that a kill
-//! cannot. Without strace those tests fail (apt-get install strace).
+//! The mount tests (read-only, full) need root: they run the helper inside
+//! `unshare -m` so nothing is mounted outside the test, and are `#[ignore]`d
+//! so that plain `cargo test` needs no root; tests/run-all.sh runs them. The
+//! crash tests kill fetch at random moments and, with strace's fault
+//! injection, on entering each syscall in turn; strace also shows the
+//! fsync/rename order that a kill cannot. Without strace those tests fail
+//! (apt-get install strace).
 
 mod common;
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::fs;
+use std::io::Read;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output, Stdio};
+use std::time::Instant;
 
-use nix::fcntl::{fcntl, FcntlArg};
+use common::*;
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
 
-const BIN: &str = env!("CARGO_BIN_EXE_vport-bootargs");
-const PORT: &str = "s-1-VM.vport";
 const TMP_SUFFIX: &str = ".vport-bootargs.tmp";
-
-const KEY_OLD: &str = "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQCold old@host";
-const KEY_NEW: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAInew new@host";
-const CMDLINE_OLD: &str = "type=secstorage name=s-1-VM gen=old";
-const CMDLINE_NEW: &str = "type=consoleproxy name=v-2-VM gen=new";
-
-/// The shared fake tree (tests/common: sysfs attributes as files, FIFOs as
-/// ports), with the two target directories `cache/` and `ssh/` at its root.
-struct Tree {
-    fake: common::Tree,
-    root: PathBuf,
-}
-
-impl Tree {
-    /// One port, named `s-1-VM.vport`, at vport0p1.
-    fn new() -> Self {
-        let t = Self::empty();
-        t.add_port("vport0p1", Some(PORT));
-        t
-    }
-
-    fn empty() -> Self {
-        let fake = common::Tree::new();
-        let root = fake.root().to_path_buf();
-        Self { fake, root }
-    }
-
-    fn add_port(&self, entry: &str, name: Option<&str>) {
-        self.fake.add_port(entry, name);
-    }
-
-    fn fifo(&self, entry: &str) -> PathBuf {
-        self.fake.node(entry)
-    }
-
-    fn path(&self, rel: &str) -> PathBuf {
-        self.root.join(rel)
-    }
-
-    fn cache(&self) -> PathBuf {
-        self.path("cache")
-    }
-
-    fn ssh(&self) -> PathBuf {
-        self.path("ssh")
-    }
-
-    /// Writes `bytes` into the port's FIFO and keeps it open, as a host that
-    /// stays connected. The pipe is grown to 1 MiB so that messages over the
-    /// limits fit without a reader.
-    fn offer(&self, entry: &str, bytes: &[u8]) -> File {
-        let mut f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(self.fifo(entry))
-            .unwrap();
-        fcntl(f.as_raw_fd(), FcntlArg::F_SETPIPE_SZ(1 << 20)).unwrap();
-        f.write_all(bytes).unwrap();
-        f
-    }
-
-    /// Targets holding the old parameters, as after an earlier boot.
-    fn store_old(&self) {
-        write_file(&self.cache().join("cmdline"), &format!("{CMDLINE_OLD}\n"));
-        write_file(
-            &self.cache().join("authorized_keys"),
-            &format!("{KEY_OLD}\n"),
-        );
-        write_file(&self.ssh().join("authorized_keys"), &format!("{KEY_OLD}\n"));
-    }
-
-    /// `fetch --no-ack` on this tree; `opts` replace the defaults of
-    /// `--settle 0.05 --timeout 20 --grace 20 --port-timeout 20`.
-    fn fetch(&self, opts: &[(&str, &str)]) -> Command {
-        self.fetch_with(&self.cache(), &self.ssh(), opts)
-    }
-
-    fn fetch_with(&self, cache: &Path, ssh: &Path, opts: &[(&str, &str)]) -> Command {
-        let mut c = Command::new(BIN);
-        c.arg("--sysfs-root")
-            .arg(self.path("sys"))
-            .arg("--dev-root")
-            .arg(self.path("dev"))
-            .args(["fetch", "--no-ack"])
-            .arg("--cache-dir")
-            .arg(cache)
-            .arg("--ssh-dir")
-            .arg(ssh)
-            .stdin(Stdio::null());
-        for (opt, default) in [
-            ("--settle", "0.05"),
-            ("--timeout", "20"),
-            ("--grace", "20"),
-            ("--port-timeout", "20"),
-        ] {
-            let value = opts
-                .iter()
-                .find(|(o, _)| *o == opt)
-                .map_or(default, |o| o.1);
-            c.args([opt, value]);
-        }
-        c
-    }
-
-    /// Connects to the port as a host that will disconnect: a writer
-    /// opened once `child` (fetch) holds the port open for reading.
-    fn connect(&self, entry: &str, child: &mut Child) -> File {
-        loop {
-            // O_NONBLOCK: ENXIO while no reader, instead of blocking forever
-            // if fetch died before opening the port.
-            match OpenOptions::new()
-                .write(true)
-                .custom_flags(nix::libc::O_NONBLOCK)
-                .open(self.fifo(entry))
-            {
-                Ok(f) => return f,
-                Err(e) if e.raw_os_error() == Some(nix::libc::ENXIO) => {}
-                Err(e) => panic!("cannot open {entry}: {e}"),
-            }
-            if let Some(status) = child.try_wait().unwrap() {
-                panic!("fetch exited ({status}) before opening the port");
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-
-    /// What each target holds, None when missing.
-    fn targets(&self) -> [Option<String>; 3] {
-        [
-            read(&self.cache().join("cmdline")),
-            read(&self.cache().join("authorized_keys")),
-            read(&self.ssh().join("authorized_keys")),
-        ]
-    }
-}
-
-fn write_file(path: &Path, content: &str) {
-    fs::create_dir_all(path.parent().unwrap()).unwrap();
-    fs::write(path, content).unwrap();
-}
-
-fn read(path: &Path) -> Option<String> {
-    fs::read_to_string(path).ok()
-}
-
-fn message(cmdline: &str, key: Option<&str>) -> Vec<u8> {
-    let mut m = String::new();
-    if let Some(key) = key {
-        m += &format!("pubkey:{key}\n");
-    }
-    m += &format!("cmdline:{cmdline}\n");
-    m.into_bytes()
-}
-
-fn old_targets() -> [Option<String>; 3] {
-    [
-        Some(format!("{CMDLINE_OLD}\n")),
-        Some(format!("{KEY_OLD}\n")),
-        Some(format!("{KEY_OLD}\n")),
-    ]
-}
-
-fn new_targets() -> [Option<String>; 3] {
-    [
-        Some(format!("{CMDLINE_NEW}\n")),
-        Some(format!("{KEY_NEW}\n")),
-        Some(format!("{KEY_NEW}\n")),
-    ]
-}
-
-fn code(out: &Output) -> i32 {
-    out.status.code().expect("exited, not killed")
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-/// The one `error:` line of a failed run.
-fn error_line(out: &Output) -> String {
-    let text = stderr(out);
-    let errors: Vec<&str> = text.lines().filter(|l| l.contains("error: ")).collect();
-    assert_eq!(errors.len(), 1, "one error line expected:\n{text}");
-    errors[0].to_owned()
-}
-
-/// Names in `dir`, sorted.
-fn listing(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = match fs::read_dir(dir) {
-        Ok(entries) => entries
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect(),
-        Err(_) => return Vec::new(),
-    };
-    names.sort();
-    names
-}
 
 fn assert_no_temp_files(dirs: &[&Path]) {
     for dir in dirs {
@@ -244,7 +48,7 @@ fn require_root() {
     let euid = fs::metadata("/proc/self").unwrap().uid();
     assert_eq!(
         euid, 0,
-        "this test mounts filesystems and must run as root (CI does); it fails rather than skips"
+        "this test mounts filesystems and must run as root (tests/run-all.sh does)"
     );
 }
 
@@ -254,13 +58,14 @@ fn require_root() {
 
 /// Offers `bytes` on a fresh tree and on one holding old parameters; both
 /// runs must exit 65 with an error line containing `problem`, store nothing
-/// new and leave no temp file.
+/// new, create nothing and leave no temp file.
 fn assert_refused(bytes: &[u8], problem: &str) {
     for reboot in [false, true] {
-        let t = Tree::new();
+        let t = Tree::with_port();
         if reboot {
             t.store_old();
         }
+        let before = listing(t.root());
         let _host = t.offer("vport0p1", bytes);
         let out = t.fetch(&[]).output().unwrap();
         assert_eq!(code(&out), 65, "reboot={reboot}\n{}", stderr(&out));
@@ -276,6 +81,11 @@ fn assert_refused(bytes: &[u8], problem: &str) {
         };
         assert_eq!(t.targets(), expected, "reboot={reboot}");
         assert_no_temp_files(&[&t.cache(), &t.ssh()]);
+        assert_eq!(
+            listing(t.root()),
+            before,
+            "reboot={reboot}: nothing written"
+        );
     }
 }
 
@@ -297,6 +107,9 @@ fn oversized_message_exits_65_and_stores_nothing() {
     let mut m = format!("x:{}\n", "y".repeat(1000)).repeat(300);
     m += "cmdline:a=1\n";
     assert_refused(m.as_bytes(), "message is larger than 262144 bytes");
+    // Five lines of 60 KiB: over the limit with no cmdline line at all.
+    let m = format!("x:{}\n", "y".repeat(60 * 1024)).repeat(5);
+    assert_refused(m.as_bytes(), "message is larger than 262144 bytes");
 }
 
 #[test]
@@ -307,6 +120,10 @@ fn nul_byte_exits_65_and_stores_nothing() {
 #[test]
 fn invalid_utf8_exits_65_and_stores_nothing() {
     assert_refused(b"\ncmdline:a=\xff\xfe\n", "line 2 is not valid UTF-8");
+    assert_refused(
+        b"pubkey:ssh-rsa AAAA\xff\ncmdline:a=b\n",
+        "line 1 is not valid UTF-8",
+    );
 }
 
 #[test]
@@ -326,7 +143,10 @@ fn empty_cmdline_exits_65_and_stores_nothing() {
 fn pubkey_that_is_not_an_openssh_key_exits_65_and_stores_nothing() {
     // Refused as a whole: the cmdline after it is not stored either.
     let m = message(CMDLINE_NEW, Some("$(reboot) not a key"));
-    assert_refused(&m, "line 1: the pubkey is not an OpenSSH public key");
+    assert_refused(
+        m.as_bytes(),
+        "line 1: the pubkey is not an OpenSSH public key",
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -334,7 +154,7 @@ fn pubkey_that_is_not_an_openssh_key_exits_65_and_stores_nothing() {
 
 #[test]
 fn two_cmdline_lines_the_later_wins() {
-    let t = Tree::new();
+    let t = Tree::with_port();
     let _host = t.offer(
         "vport0p1",
         b"cmdline:a=1 gen=first\ncmdline:a=2 gen=second\n",
@@ -346,7 +166,7 @@ fn two_cmdline_lines_the_later_wins() {
 
 #[test]
 fn pair_without_equals_is_stored_but_is_not_a_pair() {
-    let t = Tree::new();
+    let t = Tree::with_port();
     let _host = t.offer("vport0p1", b"cmdline:a=1 flag b=2 =x\n");
     let out = t.fetch(&[]).output().unwrap();
     assert_eq!(code(&out), 0, "{}", stderr(&out));
@@ -371,55 +191,31 @@ fn pair_without_equals_is_stored_but_is_not_a_pair() {
 
 #[test]
 fn partial_line_then_disconnect_is_dropped_and_the_resent_line_stored() {
-    let t = Tree::new();
-    let mut child = t
-        .fetch(&[])
-        .arg("--verbose")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Opening for writing blocks until fetch holds the port open.
-    let mut host = t.connect("vport0p1", &mut child);
-    host.write_all(b"cmdline:a=1 gen=cut").unwrap();
-    drop(host);
+    let t = Tree::with_port();
+    let node = t.node("vport0p1");
+    let mut f = Running::spawn(t.fetch(&[]).arg("--verbose"));
+    f.host_write(&node, b"cmdline:a=1 gen=cut");
     // Resend only once fetch has seen the disconnect, so the two sends
     // cannot run together into one line.
-    let mut log = BufReader::new(child.stderr.take().unwrap());
-    let mut seen = String::new();
-    loop {
-        let mut line = String::new();
-        assert_ne!(log.read_line(&mut line).unwrap(), 0, "log ended:\n{seen}");
-        seen += &line;
-        if line.contains("host disconnected in the middle of a line; dropped 19 bytes") {
-            break;
-        }
-    }
+    f.wait_for_line("host disconnected in the middle of a line; dropped 19 bytes");
     assert!(
         t.targets().iter().all(Option::is_none),
         "nothing stored yet"
     );
-    let mut host = t.connect("vport0p1", &mut child);
-    host.write_all(b"cmdline:a=1 gen=whole\n").unwrap();
-    drop(host);
-    let status = child.wait().unwrap();
-    assert!(status.success(), "{seen}");
+    f.host_write(&node, b"cmdline:a=1 gen=whole\n");
+    let out = f.finish();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert_eq!(t.targets()[0].as_deref(), Some("a=1 gen=whole\n"));
 }
 
 #[test]
 fn partial_line_then_disconnect_and_nothing_more_times_out_storing_nothing() {
-    let t = Tree::new();
+    let t = Tree::with_port();
     // The deadline only has to outlast writing 19 bytes; 3 s is a margin
     // for a loaded machine, not a measurement.
-    let mut child = t
-        .fetch(&[("--timeout", "3")])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut host = t.connect("vport0p1", &mut child);
-    host.write_all(b"cmdline:a=1 gen=cut").unwrap();
-    drop(host);
-    let out = child.wait_with_output().unwrap();
+    let mut f = Running::spawn(&mut t.fetch(&[("--timeout", "3")]));
+    f.host_write(&t.node("vport0p1"), b"cmdline:a=1 gen=cut");
+    let out = f.finish();
     assert_eq!(code(&out), 69, "{}", stderr(&out));
     assert!(error_line(&out).contains("no complete message arrived on port s-1-VM.vport"));
     assert!(stderr(&out).contains("dropped 19 bytes"));
@@ -427,82 +223,11 @@ fn partial_line_then_disconnect_and_nothing_more_times_out_storing_nothing() {
 }
 
 // ---------------------------------------------------------------------------
-// Ports: which one is read, and what happens when none is there.
-
-#[test]
-fn port_without_name_attribute_is_not_read_and_fetch_exits_69() {
-    let t = Tree::empty();
-    t.add_port("vport0p1", None);
-    let out = t.fetch(&[("--port-timeout", "1")]).output().unwrap();
-    assert_eq!(code(&out), 69, "{}", stderr(&out));
-    assert!(error_line(&out).contains("no virtio port matching pattern *.vport appeared under"));
-    assert_eq!(t.targets(), [None, None, None]);
-}
-
-#[test]
-fn several_matching_ports_the_first_in_vport_order_is_read_with_a_warning() {
-    let t = Tree::empty();
-    // Numeric order: vport0p2 before vport0p10 before vport1p1.
-    t.add_port("vport1p1", Some("c.vport"));
-    t.add_port("vport0p10", Some("b.vport"));
-    t.add_port("vport0p2", Some("a.vport"));
-    t.add_port("vport0p1", Some("org.qemu.guest_agent.0"));
-    let _a = t.offer("vport0p2", b"cmdline:from=vport0p2\n");
-    let _b = t.offer("vport0p10", b"cmdline:from=vport0p10\n");
-    let _c = t.offer("vport1p1", b"cmdline:from=vport1p1\n");
-    let _ga = t.offer("vport0p1", b"cmdline:from=guest-agent\n");
-    let out = t.fetch(&[]).output().unwrap();
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
-    assert_eq!(t.targets()[0].as_deref(), Some("from=vport0p2\n"));
-    let log = stderr(&out);
-    assert!(
-        log.lines()
-            .any(|l| l.contains("warning: several ports match")
-                && l.contains("chose a.vport (vport0p2)")
-                && l.contains("b.vport (vport0p10)")
-                && l.contains("c.vport (vport1p1)")),
-        "{log}"
-    );
-}
-
-#[test]
-fn host_never_connects_fresh_boot_exits_69_storing_nothing() {
-    let t = Tree::new();
-    let out = t.fetch(&[("--timeout", "1")]).output().unwrap();
-    assert_eq!(code(&out), 69, "{}", stderr(&out));
-    assert!(error_line(&out).contains("no complete message arrived on port s-1-VM.vport"));
-    assert_eq!(t.targets(), [None, None, None]);
-    assert!(listing(&t.root).iter().all(|n| n == "sys" || n == "dev"));
-}
-
-#[test]
-fn host_never_connects_on_reboot_keeps_the_stored_files() {
-    let t = Tree::new();
-    t.store_old();
-    let out = t.fetch(&[("--grace", "1")]).output().unwrap();
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
-    assert!(stderr(&out).contains("keeping those in"));
-    assert_eq!(t.targets(), old_targets());
-}
-
-#[test]
-fn damaged_stored_cmdline_does_not_keep_fresh_parameters_out() {
-    let t = Tree::new();
-    t.store_old();
-    fs::write(t.cache().join("cmdline"), b"type=\xff\xfe damaged\n").unwrap();
-    let _host = t.offer("vport0p1", &message(CMDLINE_NEW, Some(KEY_NEW)));
-    let out = t.fetch(&[]).output().unwrap();
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
-    assert!(stderr(&out).contains("not valid UTF-8; reading the port as on a first boot"));
-    assert_eq!(t.targets(), new_targets());
-}
-
-// ---------------------------------------------------------------------------
 // Path safety: nothing written outside the configured directories.
 
 #[test]
 fn planted_symlinks_at_targets_and_temp_names_are_replaced_not_followed() {
-    let t = Tree::new();
+    let t = Tree::with_port();
     t.store_old();
     let outside = t.path("outside");
     fs::create_dir(&outside).unwrap();
@@ -521,7 +246,7 @@ fn planted_symlinks_at_targets_and_temp_names_are_replaced_not_followed() {
         fs::remove_file(link).ok();
         std::os::unix::fs::symlink(outside.join(victim), link).unwrap();
     }
-    let _host = t.offer("vport0p1", &message(CMDLINE_NEW, Some(KEY_NEW)));
+    let _host = t.offer("vport0p1", message(CMDLINE_NEW, Some(KEY_NEW)).as_bytes());
     let out = t.fetch(&[]).output().unwrap();
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert_eq!(t.targets(), new_targets());
@@ -541,16 +266,16 @@ fn planted_symlinks_at_targets_and_temp_names_are_replaced_not_followed() {
 /// file, written before the ssh directory is opened) new, and the cmdline,
 /// the "parameters are here" signal, left old.
 fn assert_symlinked_dir_refused(which: &str) {
-    let t = Tree::new();
+    let t = Tree::with_port();
     t.store_old();
     let outside = t.path("outside");
     let real = outside.join("real");
     fs::create_dir_all(&real).unwrap();
-    let dir = t.path(which);
+    let dir = if which == "cache" { t.cache() } else { t.ssh() };
     fs::rename(&dir, outside.join("moved")).unwrap();
     std::os::unix::fs::symlink(&real, &dir).unwrap();
     let before = snapshot(&outside);
-    let _host = t.offer("vport0p1", &message(CMDLINE_NEW, Some(KEY_NEW)));
+    let _host = t.offer("vport0p1", message(CMDLINE_NEW, Some(KEY_NEW)).as_bytes());
     let out = t.fetch(&[]).output().unwrap();
     assert_eq!(code(&out), 74, "{}", stderr(&out));
     let line = error_line(&out);
@@ -582,40 +307,43 @@ fn ssh_dir_that_is_a_symlink_exits_74_and_writes_nothing_outside() {
 }
 
 #[test]
-fn cache_path_that_is_a_regular_file_exits_74() {
-    let t = Tree::new();
-    fs::write(t.cache(), "not a directory\n").unwrap();
-    let _host = t.offer("vport0p1", &message(CMDLINE_NEW, Some(KEY_NEW)));
+fn cache_path_that_is_a_regular_file_exits_74_before_the_port_is_read() {
+    let t = Tree::with_port();
+    write_file(&t.cache(), "not a directory\n");
+    let sent = message(CMDLINE_NEW, Some(KEY_NEW));
+    let mut host = t.offer("vport0p1", sent.as_bytes());
     let out = t.fetch(&[]).output().unwrap();
     assert_eq!(code(&out), 74, "{}", stderr(&out));
     let line = error_line(&out);
-    assert!(line.contains(&*t.cache().to_string_lossy()), "{line}");
+    let stored = t.cache().join("cmdline");
+    assert!(line.contains(&*stored.to_string_lossy()), "{line}");
     assert!(line.contains("Not a directory"), "{line}");
+    // Found before the port is even opened: the host's data stays with it.
+    let mut left = Vec::new();
+    fcntl(host.as_raw_fd(), FcntlArg::F_SETFL(OFlag::O_NONBLOCK)).unwrap();
+    let _ = host.read_to_end(&mut left);
+    assert_eq!(String::from_utf8(left).unwrap(), sent);
     assert_eq!(read(&t.cache()).as_deref(), Some("not a directory\n"));
     assert_eq!(listing(&t.ssh()), Vec::<String>::new());
 }
 
-/// Every file under `dir` (recursively) with its content or link target.
-fn snapshot(dir: &Path) -> Vec<(PathBuf, String)> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
+/// Every path under `dir` with its content or link target.
+fn snapshot(dir: &Path) -> Vec<(String, String)> {
+    listing(dir)
+        .into_iter()
+        .map(|rel| {
+            let p = dir.join(&rel);
             let m = fs::symlink_metadata(&p).unwrap();
             let what = if m.is_symlink() {
                 format!("-> {}", fs::read_link(&p).unwrap().display())
             } else if m.is_dir() {
-                stack.push(p.clone());
                 "dir".into()
             } else {
                 fs::read_to_string(&p).unwrap_or_else(|_| "<binary>".into())
             };
-            out.push((p, what));
-        }
-    }
-    out.sort();
-    out
+            (rel, what)
+        })
+        .collect()
 }
 
 /// Runs fetch with its cache and ssh directories on a tmpfs of `size`
@@ -669,12 +397,16 @@ exit $rc"#
 }
 
 fn assert_tmpfs_left_old_files(after: &Path) {
-    assert_eq!(listing(after), ["cache", "ssh"]);
     assert_eq!(
-        listing(&after.join("cache")),
-        ["authorized_keys", "cmdline"]
+        listing(after),
+        [
+            "cache",
+            "cache/authorized_keys",
+            "cache/cmdline",
+            "ssh",
+            "ssh/authorized_keys"
+        ]
     );
-    assert_eq!(listing(&after.join("ssh")), ["authorized_keys"]);
     assert_eq!(
         read(&after.join("cache/cmdline")),
         Some(format!("{CMDLINE_OLD}\n"))
@@ -690,10 +422,11 @@ fn assert_tmpfs_left_old_files(after: &Path) {
 }
 
 #[test]
+#[ignore = "needs root (mounts a tmpfs in a private mount namespace); run by tests/run-all.sh"]
 fn read_only_filesystem_exits_74_and_leaves_the_old_files() {
     for key in [Some(KEY_NEW), None] {
-        let t = Tree::new();
-        let _host = t.offer("vport0p1", &message(CMDLINE_NEW, key));
+        let t = Tree::with_port();
+        let _host = t.offer("vport0p1", message(CMDLINE_NEW, key).as_bytes());
         let (out, after) = fetch_on_tmpfs(&t, "1m", r#"mount -o remount,ro "$mnt""#);
         assert_eq!(code(&out), 74, "{}", stderr(&out));
         let line = error_line(&out);
@@ -713,9 +446,10 @@ fn read_only_filesystem_exits_74_and_leaves_the_old_files() {
 }
 
 #[test]
+#[ignore = "needs root (mounts a tmpfs in a private mount namespace); run by tests/run-all.sh"]
 fn full_filesystem_exits_74_and_leaves_the_old_files_and_no_temp() {
-    let t = Tree::new();
-    let _host = t.offer("vport0p1", &message(CMDLINE_NEW, Some(KEY_NEW)));
+    let t = Tree::with_port();
+    let _host = t.offer("vport0p1", message(CMDLINE_NEW, Some(KEY_NEW)).as_bytes());
     // 64 KiB, then filled to the last block.
     let (out, after) = fetch_on_tmpfs(
         &t,
@@ -750,7 +484,7 @@ fn generation(g: usize) -> ([String; 3], Vec<u8>) {
             format!("{key}\n"),
             format!("{key}\n"),
         ],
-        message(&cmdline, Some(&key)),
+        message(&cmdline, Some(&key)).into_bytes(),
     )
 }
 
@@ -782,13 +516,37 @@ fn generations(t: &Tree) -> [Result<usize, String>; 3] {
     std::array::from_fn(|i| generation_of(i, files[i].as_deref()))
 }
 
-/// How far a killed run got.
+/// How far a killed run got. `mid_store` counts the kills that visibly
+/// landed while storing: some targets new but not all, or the temp files
+/// changed (only storing creates or removes them).
 #[derive(Debug, Default)]
 struct Kills {
     untouched: usize,
     partial: usize,
     complete: usize,
     temp_left: usize,
+    mid_store: usize,
+}
+
+/// The temp files in the target directories, with their contents.
+fn temps(t: &Tree) -> Vec<(String, String)> {
+    let mut all = snapshot(&t.cache());
+    all.extend(snapshot(&t.ssh()));
+    all.retain(|(name, _)| name.ends_with(TMP_SUFFIX));
+    all
+}
+
+/// What a run may change: each target's generation, and the temp files.
+struct Before {
+    generations: [Result<usize, String>; 3],
+    temps: Vec<(String, String)>,
+}
+
+fn before(t: &Tree) -> Before {
+    Before {
+        generations: generations(t),
+        temps: temps(t),
+    }
 }
 
 impl Kills {
@@ -796,7 +554,8 @@ impl Kills {
     /// be what it was `before` or generation `new` (never torn, empty or
     /// gone), the keys new once the cmdline is, and nothing but the
     /// targets and at most one temp file each in the directories.
-    fn check(&mut self, t: &Tree, before: &[Result<usize, String>; 3], new: usize, at: &str) {
+    fn check(&mut self, t: &Tree, was: &Before, new: usize, at: &str) {
+        let before = &was.generations;
         let after = generations(t);
         for i in 0..3 {
             assert!(
@@ -834,31 +593,22 @@ impl Kills {
             .filter(|a| **a != Err("missing".into()))
             .count();
         self.temp_left += usize::from(cache.len() + ssh.len() > targets);
-        match after.iter().filter(|a| **a == Ok(new)).count() {
+        let fresh = after.iter().filter(|a| **a == Ok(new)).count();
+        match fresh {
             0 => self.untouched += 1,
             3 => self.complete += 1,
             _ => self.partial += 1,
         }
-    }
-}
-
-/// xorshift64*: the kill delays; the seed is printed so a failure replays
-/// with HOSTILE_SEED=<seed>.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        if (fresh == 1 || fresh == 2) || temps(t) != was.temps {
+            self.mid_store += 1;
+        }
     }
 }
 
 #[test]
 fn sigkill_while_storing_leaves_each_file_old_or_new_never_torn() {
     const RUNS: usize = 240;
-    let t = Tree::new();
+    let t = Tree::with_port();
 
     // Unkilled runs first: the starting files, and how long a whole run
     // takes from spawn to exit, which the kill delays are spread over.
@@ -874,25 +624,16 @@ fn sigkill_while_storing_leaves_each_file_old_or_new_never_torn() {
     whole.sort();
     let span = whole[whole.len() / 2].mul_f64(1.3);
 
-    let seed = std::env::var("HOSTILE_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-                | 1
-        });
-    eprintln!("HOSTILE_SEED={seed}; kill delays spread over {span:?}");
-    let mut rng = Rng(seed);
+    // The kill delays; a failure replays with HOSTILE_SEED=<seed>.
+    let (mut rng, seed) = Rng::from_env("HOSTILE_SEED");
+    eprintln!("kill delays spread over {span:?}");
     let mut kills = Kills::default();
     for run in 0..RUNS {
         // Every run brings a generation no file holds yet.
         let new = 5 + run;
-        let before = generations(&t);
+        let was = before(&t);
         let host = t.offer("vport0p1", &generation(new).1);
-        let delay = span.mul_f64((rng.next() % 10_000) as f64 / 10_000.0);
+        let delay = span.mul_f64(rng.uniform());
         let mut child = t
             .fetch(&[("--settle", "0")])
             .stderr(Stdio::null())
@@ -904,12 +645,19 @@ fn sigkill_while_storing_leaves_each_file_old_or_new_never_torn() {
         drop(host);
         kills.check(
             &t,
-            &before,
+            &was,
             new,
             &format!("run {run} (delay {delay:?}, HOSTILE_SEED={seed})"),
         );
     }
-    eprintln!("{RUNS} kills at random points: {kills:?}");
+    eprintln!(
+        "{RUNS} kills at random points, {} of them mid-store: {kills:?}",
+        kills.mid_store
+    );
+    assert!(
+        kills.mid_store > 0,
+        "no kill landed while storing: {kills:?}"
+    );
 
     // A run that is not killed cleans up whatever the last kill left.
     let _host = t.offer("vport0p1", &generation(0).1);
@@ -991,7 +739,7 @@ fn sigkill_at_every_syscall_of_storing_leaves_each_file_old_or_new() {
         "renameat2",
         "close",
     ];
-    let t = Tree::new();
+    let t = Tree::with_port();
     let mut new = 0;
     {
         let _host = t.offer("vport0p1", &generation(new).1);
@@ -1011,10 +759,10 @@ fn sigkill_at_every_syscall_of_storing_leaves_each_file_old_or_new() {
     for (name, count) in &counts {
         for k in 1..=*count {
             new += 1;
-            let before = generations(&t);
+            let was = before(&t);
             let status = fetch_killed_at(&t, name, k, new);
             assert!(!status.success(), "{name} #{k}: fetch was not killed");
-            kills.check(&t, &before, new, &format!("killed at {name} #{k}"));
+            kills.check(&t, &was, new, &format!("killed at {name} #{k}"));
         }
     }
     eprintln!("files there, {counts:?}: {kills:?}");
@@ -1039,15 +787,10 @@ fn sigkill_at_every_syscall_of_storing_leaves_each_file_old_or_new() {
         for k in 1..=*count {
             reset(&t);
             new += 1;
-            let before = generations(&t);
+            let was = before(&t);
             let status = fetch_killed_at(&t, name, k, new);
             assert!(!status.success(), "{name} #{k}: fetch was not killed");
-            kills.check(
-                &t,
-                &before,
-                new,
-                &format!("fresh tree, killed at {name} #{k}"),
-            );
+            kills.check(&t, &was, new, &format!("fresh tree, killed at {name} #{k}"));
             if t.ssh().exists() {
                 let mode = fs::metadata(t.ssh()).unwrap().permissions().mode() & 0o777;
                 assert_eq!(mode & 0o077, 0, "{name} #{k}: ssh dir mode {mode:o}");
@@ -1073,11 +816,11 @@ fn parse_strace_line(line: &str) -> Option<(String, String, String)> {
 /// syscalls of one whole run shows it.
 #[test]
 fn each_file_is_synced_before_its_rename_and_its_directory_after() {
-    let t = Tree::new();
+    let t = Tree::with_port();
     t.store_old();
     let log = t.path("strace.log");
     let fetch = t.fetch(&[("--settle", "0")]);
-    let _host = t.offer("vport0p1", &message(CMDLINE_NEW, Some(KEY_NEW)));
+    let _host = t.offer("vport0p1", message(CMDLINE_NEW, Some(KEY_NEW)).as_bytes());
     let out = Command::new("strace")
         .args(["-f", "-qq", "-s", "256", "-o"])
         .arg(&log)

@@ -1,7 +1,7 @@
 #!/bin/sh
-# The whole test suite, as CI runs it (as root: the tests make device nodes,
-# mount filesystems and boot QEMU guests). tests/install-deps.sh first on a
-# fresh machine.
+# The whole test suite, as CI runs it (as root: some tests make device nodes
+# and mount filesystems, others boot QEMU guests). tests/install-deps.sh
+# first on a fresh machine. docs/testing.md says which command runs what.
 set -eu
 cd "$(dirname "$0")/.."
 
@@ -20,6 +20,10 @@ echo "$bin: $(stat -c %s "$bin") bytes, static"
 
 echo "== tests: unit, fake trees, send, hostile input (plain cargo test)"
 cargo test
+
+# #[ignore]d in plain `cargo test` because they need root.
+echo "== fake-tree tests that need root (mknod, tmpfs mounts)"
+cargo test --test fetch --test hostile -- --ignored
 
 # The suites that boot guests are #[ignore]d, so that a contributor's
 # `cargo test` stays quick and needs no QEMU; here they run, and a guest

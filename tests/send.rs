@@ -2,22 +2,19 @@
 //! place of QEMU: the exact bytes on the wire, acks, reconnects, deadlines
 //! and the exit code of every refusal.
 
+mod common;
+
 use std::fs;
 use std::io::{ErrorKind, Read, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::thread;
 use std::time::Duration;
 
+use common::{message, stderr, Running, CMDLINE, GUARD, KEY};
 use vport_bootargs::wire::{ack_line, digest_hex};
-
-const KEY: &str = "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQCx root@host";
-const CMDLINE: &str = "template=domP type=secstorage name=s-1-VM authorized_key=QUJD==";
-/// How long a test's server waits for the sender before failing the test
-/// (a hang guard, not a timing assertion).
-const GUARD: Duration = Duration::from_secs(60);
 
 struct Host {
     dir: tempfile::TempDir,
@@ -56,21 +53,11 @@ impl Host {
     fn run(&self, args: &[&str]) -> Output {
         self.command(args).output().unwrap()
     }
-    fn spawn(&self, args: &[&str]) -> Child {
-        self.command(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
-    }
 }
 
-fn message(cmdline: &str) -> Vec<u8> {
-    format!("pubkey:{KEY}\ncmdline:{cmdline}\n").into_bytes()
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
+/// The bytes `send` writes for `cmdline` with the test key.
+fn sent(cmdline: &str) -> Vec<u8> {
+    message(cmdline, Some(KEY)).into_bytes()
 }
 
 fn accept(listener: &UnixListener) -> UnixStream {
@@ -153,7 +140,7 @@ fn patchviasocket_arguments_name_the_agent_socket() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    assert_eq!(server.join().unwrap(), message(CMDLINE));
+    assert_eq!(server.join().unwrap(), sent(CMDLINE));
 }
 
 #[test]
@@ -286,7 +273,7 @@ fn matching_ack_ends_wait_ack_with_exit_0() {
     let out = host.run(&["-p", CMDLINE, "--wait-ack", "30"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let (got, rest) = server.join().unwrap();
-    assert_eq!(got, message(CMDLINE));
+    assert_eq!(got, sent(CMDLINE));
     assert!(rest.is_empty(), "sent again on the same connection");
     assert!(stderr(&out).contains("acknowledged"), "{}", stderr(&out));
 }
@@ -387,34 +374,24 @@ fn dropped_connection_is_made_again_and_the_message_resent() {
         "{outcome:?}"
     );
     let (a, b) = server.join().unwrap();
-    assert_eq!(a, message(CMDLINE));
-    assert_eq!(b, message(CMDLINE));
+    assert_eq!(a, sent(CMDLINE));
+    assert_eq!(b, sent(CMDLINE));
 }
 
 #[test]
 fn socket_that_appears_late_still_gets_the_message() {
     let host = Host::new();
-    let mut child = host.spawn(&["-p", CMDLINE, "--wait-ack", "60"]);
-    // QEMU not started yet: no socket for a second, then it listens.
-    thread::sleep(Duration::from_secs(1));
+    let mut send = Running::spawn(&mut host.command(&["-p", CMDLINE, "--wait-ack", "60"]));
+    // QEMU not started yet: the sender finds no socket and says so; then
+    // QEMU listens.
+    send.wait_for_line("no socket there");
     let listener = host.listen();
     let mut s = accept(&listener);
     let got = read_message(&mut s);
     s.write_all(ack_line(CMDLINE).as_bytes()).unwrap();
-    let status = child.wait().unwrap();
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    assert_eq!(status.code(), Some(0), "{err}");
-    assert_eq!(got, message(CMDLINE));
-    assert!(
-        err.contains("no socket there"),
-        "the missing socket was not reported: {err}"
-    );
+    let out = send.finish();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(got, sent(CMDLINE));
 }
 
 #[test]
@@ -433,7 +410,7 @@ fn guest_that_opens_late_gets_what_was_sent_while_connected() {
     });
     let out = host.run(&["-p", CMDLINE, "--wait-ack", "60"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    assert_eq!(server.join().unwrap(), message(CMDLINE));
+    assert_eq!(server.join().unwrap(), sent(CMDLINE));
 }
 
 #[test]
@@ -464,5 +441,5 @@ fn silent_guest_until_the_deadline_is_exit_69() {
     let err = stderr(&out);
     assert!(err.contains("messages sent: 1"), "{err}");
     assert!(err.contains("no ack came back"), "{err}");
-    assert_eq!(server.join().unwrap(), message(CMDLINE));
+    assert_eq!(server.join().unwrap(), sent(CMDLINE));
 }

@@ -11,6 +11,7 @@
 //! when the guest opens or closes a port, the guest's console lines) with
 //! generous limits that only catch a hung guest.
 
+mod common;
 #[path = "vm/harness.rs"]
 mod harness;
 #[path = "vm/report.rs"]
@@ -21,6 +22,7 @@ use std::os::unix::net::UnixStream;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use common::message;
 use harness::{Config, Entry, Guest, Order, Outcome, Run, GA_ID, VPORT_ID, VPORT_NAME};
 use vport_bootargs::wire::digest_hex;
 
@@ -36,10 +38,6 @@ fn cmdline(test: &str) -> String {
          guid=s-1-VM workers=5 eth0ip=169.254.3.4 eth0mask=255.255.0.0 \
          authorized_key=c3NoLWVkMjU1MTk= test={test}"
     )
-}
-
-fn message(cmdline: &str) -> String {
-    format!("pubkey:{PUBKEY}\ncmdline:{cmdline}\n")
 }
 
 /// Boots a guest; the first one also records the machine in the report.
@@ -186,7 +184,7 @@ fn port_order(order: Order, expected_entry: &str, test: &str) {
     });
     guest.wait_port(VPORT_ID, true, 1, BOOT);
     let cmdline = cmdline(test);
-    send_and_close(&guest, message(&cmdline).as_bytes());
+    send_and_close(&guest, message(&cmdline, Some(PUBKEY)).as_bytes());
     let o = guest.finish();
     assert_stored(&o, o.only_run(), &cmdline);
     assert_opened_vport(&o, expected_entry);
@@ -215,7 +213,7 @@ fn write_once_after(delay: Duration, test: &str) {
     let opened = guest.wait_port(VPORT_ID, true, 1, BOOT);
     std::thread::sleep((opened + delay).saturating_duration_since(Instant::now()));
     let cmdline = cmdline(test);
-    send_and_close(&guest, message(&cmdline).as_bytes());
+    send_and_close(&guest, message(&cmdline, Some(PUBKEY)).as_bytes());
     let o = guest.finish();
     assert_stored(&o, o.only_run(), &cmdline);
     assert_opened_once(&o);
@@ -250,7 +248,8 @@ fn host_keeping_its_connection_open_gets_the_ack_and_the_helper_finishes() {
     guest.wait_port(VPORT_ID, true, 1, BOOT);
     let cmdline = cmdline("keep-open");
     let mut s = guest.connect(VPORT_ID);
-    s.write_all(message(&cmdline).as_bytes()).unwrap();
+    s.write_all(message(&cmdline, Some(PUBKEY)).as_bytes())
+        .unwrap();
     let ack = read_ack(&guest, &s);
     // The host is still connected while the guest finishes and powers off.
     let o = guest.finish();
@@ -274,7 +273,7 @@ fn host_disconnecting_mid_line_then_resending_is_delivered_whole() {
     });
     guest.wait_port(VPORT_ID, true, 1, BOOT);
     let cmdline = cmdline("mid-line");
-    let whole = message(&cmdline);
+    let whole = message(&cmdline, Some(PUBKEY));
     let cut = whole.len() - 20;
     send_and_close(&guest, &whole.as_bytes()[..cut]);
     // Let the guest see the disconnect before the host comes back.
@@ -308,7 +307,8 @@ fn large_message_is_delivered_when_the_host_stays() {
     }
     assert!(cmdline.len() > 3 * 4096);
     let mut s = guest.connect(VPORT_ID);
-    s.write_all(message(&cmdline).as_bytes()).unwrap();
+    s.write_all(message(&cmdline, Some(PUBKEY)).as_bytes())
+        .unwrap();
     let ack = read_ack(&guest, &s);
     drop(s);
     let o = guest.finish();
@@ -334,7 +334,7 @@ fn large_message_cut_by_a_closing_host_is_never_stored_in_part() {
     for i in 0..800 {
         cmdline += &format!(" key{i}=value-{i:04}");
     }
-    let whole = message(&cmdline);
+    let whole = message(&cmdline, Some(PUBKEY));
     send_and_close(&guest, whole.as_bytes());
     let o = guest.finish();
     let run = o.only_run();
@@ -502,7 +502,7 @@ fn reboot_with_host_sending_in_the_grace_period_stores_the_fresh_cmdline() {
     let opened = guest.wait_port(VPORT_ID, true, 1, BOOT);
     std::thread::sleep((opened + Duration::from_secs(1)).saturating_duration_since(Instant::now()));
     let cmdline = cmdline("reboot-fresh");
-    send_and_close(&guest, message(&cmdline).as_bytes());
+    send_and_close(&guest, message(&cmdline, Some(PUBKEY)).as_bytes());
     let o = guest.finish();
     assert_stored(&o, o.only_run(), &cmdline);
 }
@@ -564,7 +564,7 @@ fn guest_agent_port_is_left_free_for_its_own_use() {
     let mut ga = guest.connect(GA_ID);
     guest.wait_port(VPORT_ID, true, 1, BOOT);
     let cmdline = cmdline("guest-agent");
-    send_and_close(&guest, message(&cmdline).as_bytes());
+    send_and_close(&guest, message(&cmdline, Some(PUBKEY)).as_bytes());
     guest.wait_port(GA_ID, true, 1, Duration::from_secs(120));
     ga.write_all(b"ga-ping\n").unwrap();
     let o = guest.finish();
@@ -612,7 +612,7 @@ fn port_appearing_after_the_helper_started_is_found() {
     });
     guest.wait_port(VPORT_ID, true, 1, BOOT);
     let cmdline = cmdline("late-module");
-    send_and_close(&guest, message(&cmdline).as_bytes());
+    send_and_close(&guest, message(&cmdline, Some(PUBKEY)).as_bytes());
     let o = guest.finish();
     assert_stored(&o, o.only_run(), &cmdline);
     assert_guest_agent_untouched(&o);
@@ -637,7 +637,8 @@ fn host_reads_ack_with_sha256_of_the_cmdline_every_time() {
         let cmdline = cmdline(&format!("ack-{i}"));
         let mut s = guest.connect(VPORT_ID);
         let t = Instant::now();
-        s.write_all(message(&cmdline).as_bytes()).unwrap();
+        s.write_all(message(&cmdline, Some(PUBKEY)).as_bytes())
+            .unwrap();
         let ack = read_ack(&guest, &s);
         rtt_ms.push(t.elapsed().as_secs_f64() * 1000.0);
         if ack != ack_for(&cmdline) {
@@ -743,7 +744,7 @@ fn send_wait_ack_delivers_a_message_of_several_pages() {
     assert_stored(&o, o.only_run(), &cmdline);
 }
 
-/// Issue 4's host side against a real guest: `vport-bootargs send
+/// The host side against a real guest: `vport-bootargs send
 /// --wait-ack`, started at random times from 0 to 10 s after QEMU starts
 /// (so both before and after the guest opens its port, at about 2 s under
 /// TCG), delivers every time. One guest per run; the start times are
@@ -752,31 +753,15 @@ fn send_wait_ack_delivers_a_message_of_several_pages() {
 #[ignore = "boots QEMU guests; run by tests/run-all.sh"]
 fn send_wait_ack_delivers_whenever_it_starts() {
     const RUNS: u32 = 10;
-    let seed: u64 = std::env::var("VB_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .subsec_nanos() as u64
-                | 1
-        });
-    let mut rng = seed;
-    let mut uniform = move || {
-        // xorshift64
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        (rng >> 11) as f64 / (1u64 << 53) as f64
-    };
+    let (mut rng, seed) = common::Rng::from_env("VB_SEED");
     let dir = tempfile::tempdir().unwrap();
     let key = key_file(&dir);
     let mut lines = vec![format!(
         "send --wait-ack 60, started at random times after QEMU starts (VB_SEED={seed}):"
     )];
     for i in 0..RUNS {
-        let delay = Duration::from_secs_f64(10.0 * (f64::from(i) + uniform()) / f64::from(RUNS));
+        let delay =
+            Duration::from_secs_f64(10.0 * (f64::from(i) + rng.uniform()) / f64::from(RUNS));
         let guest = boot(Config {
             scenario: "send",
             // Debug lines say how the helper saw the message end.
