@@ -671,43 +671,37 @@ fn sigkill_while_storing_leaves_each_file_old_or_new_never_torn() {
     );
 }
 
-/// Kills fetch on entering the k-th call of syscall `name` (strace's fault
-/// injection), with `new`'s message offered.
-fn fetch_killed_at(t: &Tree, name: &str, k: usize, new: usize) -> std::process::ExitStatus {
+/// Runs `fetch --settle 0` under `strace -f -qq <args>`, with `bytes`
+/// offered on the port; strace writes its log where `args` say (`-o`).
+fn fetch_under_strace(t: &Tree, args: &[&str], bytes: &[u8]) -> Output {
     let fetch = t.fetch(&[("--settle", "0")]);
-    let host = t.offer("vport0p1", &generation(new).1);
-    let status = Command::new("strace")
-        .args(["-f", "-qq", "-o", "/dev/null", "-e"])
-        .arg(format!("trace={name}"))
-        .arg("-e")
-        .arg(format!("inject={name}:signal=KILL:when={k}"))
-        .arg("--")
-        .arg(fetch.get_program())
-        .args(fetch.get_args())
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .expect("strace is needed for this test (apt-get install strace)");
-    drop(host);
-    status
-}
-
-/// How many times a whole, unkilled run calls each syscall in `names`.
-fn syscall_counts(t: &Tree, names: &[&str], new: usize) -> Vec<(String, usize)> {
-    let log = t.path("strace.log");
-    let fetch = t.fetch(&[("--settle", "0")]);
-    let _host = t.offer("vport0p1", &generation(new).1);
-    let out = Command::new("strace")
-        .args(["-f", "-qq", "-o"])
-        .arg(&log)
-        .arg("-e")
-        .arg(format!("trace={}", names.join(",")))
+    let _host = t.offer("vport0p1", bytes);
+    Command::new("strace")
+        .args(["-f", "-qq"])
+        .args(args)
         .arg("--")
         .arg(fetch.get_program())
         .args(fetch.get_args())
         .stdin(Stdio::null())
         .output()
-        .expect("strace is needed for this test (apt-get install strace)");
+        .expect("strace is needed for this test (apt-get install strace)")
+}
+
+/// Kills fetch on entering the k-th call of syscall `name` (strace's fault
+/// injection), with `new`'s message offered.
+fn fetch_killed_at(t: &Tree, name: &str, k: usize, new: usize) -> std::process::ExitStatus {
+    let trace = format!("trace={name}");
+    let inject = format!("inject={name}:signal=KILL:when={k}");
+    let args = ["-o", "/dev/null", "-e", &trace, "-e", &inject];
+    fetch_under_strace(t, &args, &generation(new).1).status
+}
+
+/// How many times a whole, unkilled run calls each syscall in `names`.
+fn syscall_counts(t: &Tree, names: &[&str], new: usize) -> Vec<(String, usize)> {
+    let log = t.path("strace.log");
+    let trace = format!("trace={}", names.join(","));
+    let args = ["-o", log.to_str().unwrap(), "-e", &trace];
+    let out = fetch_under_strace(t, &args, &generation(new).1);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     let log = fs::read_to_string(&log).unwrap();
     fs::remove_file(t.path("strace.log")).unwrap();
@@ -819,21 +813,15 @@ fn each_file_is_synced_before_its_rename_and_its_directory_after() {
     let t = Tree::with_port();
     t.store_old();
     let log = t.path("strace.log");
-    let fetch = t.fetch(&[("--settle", "0")]);
-    let _host = t.offer("vport0p1", message(CMDLINE_NEW, Some(KEY_NEW)).as_bytes());
-    let out = Command::new("strace")
-        .args(["-f", "-qq", "-s", "256", "-o"])
-        .arg(&log)
-        .args([
-            "-e",
-            "trace=openat,write,fsync,fdatasync,renameat,renameat2,rename",
-        ])
-        .arg("--")
-        .arg(fetch.get_program())
-        .args(fetch.get_args())
-        .stdin(Stdio::null())
-        .output()
-        .expect("strace is needed for this test (apt-get install strace)");
+    let args = [
+        "-s",
+        "256",
+        "-o",
+        log.to_str().unwrap(),
+        "-e",
+        "trace=openat,write,fsync,fdatasync,renameat,renameat2,rename",
+    ];
+    let out = fetch_under_strace(&t, &args, message(CMDLINE_NEW, Some(KEY_NEW)).as_bytes());
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert_eq!(t.targets(), new_targets());
     let calls: Vec<(String, String, String)> = fs::read_to_string(&log)
