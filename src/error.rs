@@ -5,6 +5,7 @@ use std::io;
 use std::path::PathBuf;
 
 /// Exit codes (sysexits.h), documented in the README.
+// sysexits(3) values by name; the exitcode crate is these same constants.
 pub mod exit {
     pub const OK: i32 = 0;
     /// `get`: the key is not in the stored cmdline.

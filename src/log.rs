@@ -18,6 +18,8 @@ pub fn enabled(level: u8) -> bool {
     level <= LEVEL.load(Ordering::Relaxed)
 }
 
+// Kept over log + env_logger: the facade would still need this writer, and
+// env_logger brings environment parsing and styling a boot job has no use for.
 /// Writes one line. Embedded newlines are escaped so that one event is
 /// always one line, whatever text (host data included) it carries.
 pub fn emit(level: u8, args: std::fmt::Arguments) {

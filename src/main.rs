@@ -1,3 +1,6 @@
+//! `vport-bootargs`: parse the command line, run the command, map errors to
+//! exit codes. Everything else is in the library (src/lib.rs).
+
 use clap::Parser;
 use vport_bootargs::cli::{run::run, Cli};
 use vport_bootargs::error::exit;

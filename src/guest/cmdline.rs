@@ -64,6 +64,8 @@ pub fn shell_name(key: &str) -> String {
 
 /// `value` in single quotes for POSIX sh: nothing inside single quotes is
 /// special, and a `'` is written as `'\''`.
+// Kept over shlex: shlex::try_quote leaves plain words bare and picks its
+// own quoting, while `show --format env` always single-quotes (documented).
 pub fn shell_quote(value: &str) -> String {
     let mut out = String::with_capacity(value.len() + 2);
     out.push('\'');
@@ -98,6 +100,9 @@ pub fn write_json(out: &mut impl Write, cmdline: &str) -> io::Result<()> {
 }
 
 /// A JSON string literal (RFC 8259 section 7).
+// Kept over serde_json, which would cost only 4 KB of the static binary but
+// be two more runtime dependencies (serde too) for one escape loop; the
+// tests and the fuzz target `render` check this against it.
 pub fn json_string(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
     out.push('"');

@@ -5,6 +5,9 @@
 //! special meaning for `/` or a leading `.`: port names are not paths.
 
 /// True when `name` matches `pattern` from start to end.
+// Kept over the glob crate: glob::Pattern has no `\` escape or `[^...]`
+// and refuses an unclosed `[`; globset and fast-glob give `/` and `{a,b}`
+// meanings a port name must not get.
 pub fn glob_match(pattern: &str, name: &str) -> bool {
     let p: Vec<char> = pattern.chars().collect();
     let n: Vec<char> = name.chars().collect();

@@ -154,6 +154,9 @@ fn create_dirs(dir: &Path, mode: u32) -> Result<()> {
 }
 
 /// Replaces `dir/name` with `content` atomically (see the module comment).
+// Kept over tempfile's persist and atomic-write-file: the temp name is fixed,
+// so the next run removes a leftover, and every call is relative to a
+// directory fd opened with O_NOFOLLOW.
 pub fn write_atomic(
     dirfd: &OwnedFd,
     dir: &Path,

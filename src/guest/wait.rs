@@ -68,6 +68,8 @@ pub fn wait_for_port(
 
 /// A socket on the kernel's uevent multicast group, or None where it cannot
 /// be had (then the periodic rescan alone does the work).
+// nix's netlink socket, no uevent crate: an event only wakes a rescan, so
+// nothing in it is parsed.
 fn uevent_socket() -> Option<OwnedFd> {
     let sock = socket(
         AddressFamily::Netlink,

@@ -30,6 +30,8 @@ pub struct Message {
     pub pubkey: Option<String>,
 }
 
+// A shape check, not ssh-key: decoding the blob would add base64 and key
+// parsing to the binary, and authorized_keys needs only this shape.
 /// A light check that a pubkey line carries one OpenSSH public key:
 /// `<type> <base64> [comment]`, as in an authorized_keys line without
 /// options (what patchviasocket.py reads from id_rsa.pub.cloud).
