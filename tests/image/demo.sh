@@ -1,7 +1,8 @@
 #!/bin/sh
-# The demo: on a Debian bookworm machine, as root, from a checkout:
+# The demo: on a Debian bookworm machine, as root (no sudo needed), from a
+# checkout:
 #
-#   sh tests/image/demo.sh
+#   tests/image/demo.sh
 #
 # installs what it needs (apt packages; the Rust toolchain must be rustup's),
 # builds the Debian package, builds a Debian bookworm system VM image with it
@@ -21,12 +22,13 @@ if [ "$(id -u)" != 0 ]; then
     echo "demo: run as root (mmdebstrap builds the image tree as root)" >&2
     exit 77
 fi
-# sudo resets PATH; rustup puts cargo in ~/.cargo/bin.
-if ! command -v cargo >/dev/null && [ -x "$HOME/.cargo/bin/cargo" ]; then
+# rustup puts cargo and itself in ~/.cargo/bin, which a root shell that did
+# not source ~/.cargo/env (or sudo, which resets PATH) does not have.
+if { ! command -v cargo || ! command -v rustup; } >/dev/null && [ -x "$HOME/.cargo/bin/rustup" ]; then
     PATH=$HOME/.cargo/bin:$PATH
 fi
-if ! command -v cargo >/dev/null; then
-    echo "demo: no cargo for root; install Rust with rustup (https://rustup.rs) as root, then run again" >&2
+if ! command -v cargo >/dev/null || ! command -v rustup >/dev/null; then
+    echo "demo: no cargo or rustup for root; install Rust with rustup (https://rustup.rs) as root, then run again" >&2
     exit 69
 fi
 
