@@ -365,14 +365,29 @@ impl Running {
     /// sleeps in a wait now: it has woken up, done its work (a rescan, a
     /// read) and waits again.
     pub fn wait_until_asleep_after(&self, sleeps: u64) {
-        // x86_64: poll, ppoll, epoll_wait, epoll_pwait, epoll_pwait2.
-        const WAITS: [&str; 5] = ["7", "271", "232", "281", "441"];
+        use nix::libc;
+        // poll and epoll_wait exist only as older x86_64 entry points.
+        #[cfg(target_arch = "x86_64")]
+        let old = [libc::SYS_poll, libc::SYS_epoll_wait];
+        #[cfg(not(target_arch = "x86_64"))]
+        let old = [];
+        let waits: Vec<String> = [
+            libc::SYS_ppoll,
+            libc::SYS_epoll_pwait,
+            libc::SYS_epoll_pwait2,
+        ]
+        .iter()
+        .chain(&old)
+        .map(|n| n.to_string())
+        .collect();
         let until = Instant::now() + GUARD;
         let path = format!("/proc/{}/syscall", self.pid());
         loop {
             let now = fs::read_to_string(&path).unwrap_or_default();
             let nr = now.split(' ').next().unwrap_or("");
-            if WAITS.contains(&nr) && proc_state(self.pid()) == Some('S') && self.sleeps() > sleeps
+            if waits.iter().any(|w| w == nr)
+                && proc_state(self.pid()) == Some('S')
+                && self.sleeps() > sleeps
             {
                 return;
             }
