@@ -114,7 +114,7 @@ impl Tree {
             .arg(self.path("sys"))
             .arg("--dev-root")
             .arg(self.path("dev"))
-            .args(["fetch", "--no-ack"])
+            .args(["fetch", "--no-ack", "--fifo-stand-in"])
             .arg("--cache-dir")
             .arg(cache)
             .arg("--ssh-dir")

@@ -89,7 +89,7 @@ impl Tree {
     /// `fetch --no-ack` with short deadlines, extra arguments appended.
     pub fn fetch(&self, extra: &[&str]) -> Command {
         let mut c = self.cmd("fetch");
-        c.arg("--no-ack")
+        c.args(["--no-ack", "--fifo-stand-in"])
             .arg("--cache-dir")
             .arg(self.cache())
             .arg("--ssh-dir")
