@@ -11,7 +11,8 @@
 //!   plain option structs cross into the library.
 //!
 //! Shared: [`error`] (one enum, one exit code per variant), [`log`],
-//! [`deadline`] (deadlines as poll timeouts), [`defaults`].
+//! [`deadline`] (deadlines as poll timeouts), [`defaults`], [`files`] (reading
+//! small files that may be planted or broken).
 
 pub mod log;
 
@@ -20,6 +21,7 @@ pub mod cli;
 pub mod deadline;
 pub mod defaults;
 pub mod error;
+pub mod files;
 pub mod guest;
 pub mod host;
 pub mod wire;

@@ -1,6 +1,7 @@
 //! Logging to stderr: one line per event, plain text (no colour, so journald
 //! and the serial console get it as it is).
 
+use std::io::Write;
 use std::sync::atomic::{AtomicU8, Ordering};
 
 pub const ERROR: u8 = 0;
@@ -33,7 +34,11 @@ pub fn emit(level: u8, args: std::fmt::Arguments) {
         _ => "",
     };
     let text = args.to_string().replace('\n', "\\n");
-    eprintln!("vport-bootargs: {tag}{text}");
+    // One write, and its error ignored: eprintln! panics when stderr is
+    // gone (a closed pipe, a stopped journald), and with panic = "abort" a
+    // boot helper would die of its own log line.
+    let line = format!("vport-bootargs: {tag}{text}\n");
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
 }
 
 #[macro_export]

@@ -13,7 +13,10 @@ use std::process::{Command, Stdio};
 use proptest::prelude::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_vport-bootargs");
-const SHELLS: &[&str] = &["/bin/sh", "dash", "bash"];
+/// Each shell as a command line: `bash --posix` aborts a sourced script on
+/// an assignment to a read-only variable (UID, EUID, PPID...), so it is
+/// tried as well as plain bash.
+const SHELLS: &[&[&str]] = &[&["/bin/sh"], &["dash"], &["bash"], &["bash", "--posix"]];
 /// Replaced by the path of a file that must never be created.
 const MARK: &str = "@MARK@";
 
@@ -34,22 +37,23 @@ const INJECTIONS: &[&str] = &[
 
 /// What the shells print for each variable after sourcing `env_file`: the
 /// values, each followed by a NUL, in the order of `names`.
-fn sourced(shell: &str, env_file: &Path, names: &[String]) -> Vec<u8> {
+fn sourced(shell: &[&str], env_file: &Path, names: &[String]) -> Vec<u8> {
     let mut script = String::from(". \"$1\" || exit 99\nprintf '%s\\0'");
     for name in names {
         script += &format!(" \"${{{name}}}\"");
     }
-    let out = Command::new(shell)
+    let out = Command::new(shell[0])
+        .args(&shell[1..])
         .args(["-c", &script, "sh"])
         .arg(env_file)
         .env_clear()
         .env("PATH", "/usr/bin:/bin")
         .stdin(Stdio::null())
         .output()
-        .unwrap_or_else(|e| panic!("cannot run {shell}: {e} (apt-get install dash)"));
+        .unwrap_or_else(|e| panic!("cannot run {shell:?}: {e} (apt-get install dash)"));
     assert!(
         out.status.success() && out.stderr.is_empty(),
-        "{shell} sourcing {env_file:?}: {:?}\n{}",
+        "{shell:?} sourcing {env_file:?}: {:?}\n{}",
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
@@ -88,12 +92,12 @@ fn check(cmdline: &str, expected: &[(String, String)]) {
         assert_eq!(
             String::from_utf8_lossy(&got),
             String::from_utf8_lossy(&want),
-            "{shell} on:\n{}",
+            "{shell:?} on:\n{}",
             String::from_utf8_lossy(&show.stdout)
         );
         assert!(
             !Path::new(mark).exists(),
-            "{shell} ran a command from a value"
+            "{shell:?} ran a command from a value"
         );
     }
 }
@@ -199,4 +203,148 @@ fn cloudstack_cmdline_sources_as_expected() {
     .map(|(n, v)| (n.to_string(), v.to_string()))
     .collect();
     check(cmdline, &expected);
+}
+
+/// Keys that are names the shell itself uses. Sourcing the output must set
+/// the data variables and nothing else: not PATH (a planted `cat` would then
+/// run), not IFS, not the read-only UID that aborts `bash --posix`.
+const SHELL_KEYS: &[&str] = &[
+    "PATH",
+    "IFS",
+    "ENV",
+    "BASH_ENV",
+    "CDPATH",
+    "HOME",
+    "PS1",
+    "PS2",
+    "PS3",
+    "PS4",
+    "OPTIND",
+    "OPTARG",
+    "SHELLOPTS",
+    "BASHOPTS",
+    "LD_PRELOAD",
+    "LD_LIBRARY_PATH",
+    "UID",
+    "EUID",
+    "PPID",
+    "BASH_VERSINFO",
+    "BASH_XTRACEFD",
+    "GLOBIGNORE",
+    "POSIXLY_CORRECT",
+    "PWD",
+    "_",
+    "histchars",
+    "auto_resume",
+];
+
+/// What the shell's own bookkeeping changes between two `set` listings.
+const DYNAMIC: &[&str] = &[
+    "_",
+    "LINENO",
+    "BASH_LINENO",
+    "BASH_SOURCE",
+    "BASH_ARGC",
+    "BASH_ARGV",
+    "FUNCNAME",
+    "PIPESTATUS",
+    "BASH_COMMAND",
+    "RANDOM",
+    "SRANDOM",
+    "SECONDS",
+    "EPOCHREALTIME",
+    "EPOCHSECONDS",
+];
+
+/// `NAME=...` lines of a `set` listing, by name.
+fn variables(listing: &str) -> std::collections::BTreeMap<String, String> {
+    listing
+        .lines()
+        .filter_map(|l| {
+            let (name, _) = l.split_once('=')?;
+            let ok = name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            ok.then(|| (name.to_owned(), l.to_owned()))
+        })
+        .collect()
+}
+
+#[test]
+fn sourcing_sets_only_the_data_variables_whatever_the_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let mark = dir.path().join("ran");
+    let planted = dir.path().join("bin");
+    fs::create_dir(&planted).unwrap();
+    let cat = planted.join("cat");
+    fs::write(
+        &cat,
+        format!("#!/bin/sh\n/usr/bin/touch {}\n", mark.display()),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&cat, fs::Permissions::from_mode(0o755)).unwrap();
+
+    let mut words: Vec<String> = SHELL_KEYS
+        .iter()
+        .map(|k| match *k {
+            "PATH" | "CDPATH" | "HOME" => format!("{k}={}", planted.display()),
+            "IFS" => "IFS=/".into(),
+            _ => format!("{k}=1"),
+        })
+        .collect();
+    words.extend(
+        [
+            "type=secstorage",
+            "public.network.device=eth2",
+            "path=lower",
+            "Path=mixed",
+        ]
+        .map(String::from),
+    );
+    let cache = dir.path().join("cache");
+    fs::create_dir(&cache).unwrap();
+    fs::write(cache.join("cmdline"), words.join(" ") + "\n").unwrap();
+    let show = Command::new(BIN)
+        .args(["show", "--format", "env", "--cache-dir"])
+        .arg(&cache)
+        .output()
+        .unwrap();
+    assert!(show.status.success(), "{show:?}");
+    let env_file = dir.path().join("env.sh");
+    fs::write(&env_file, &show.stdout).unwrap();
+    let expected = ["type", "public_network_device", "path", "Path"];
+
+    // `cat` is looked up in PATH after sourcing: the planted one would run.
+    let script = r#"set > "$2"; . "$1" || exit 99; cat /dev/null; set > "$3""#;
+    for shell in SHELLS {
+        let (before, after) = (dir.path().join("before"), dir.path().join("after"));
+        let out = Command::new(shell[0])
+            .args(&shell[1..])
+            .args(["-c", script, "sh"])
+            .args([&env_file, &before, &after])
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success() && out.stderr.is_empty(),
+            "{shell:?}: {:?} {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!mark.exists(), "{shell:?} ran the planted cat");
+        let before = variables(&fs::read_to_string(&before).unwrap());
+        let after = variables(&fs::read_to_string(&after).unwrap());
+        let mut changed: Vec<&str> = after
+            .iter()
+            .filter(|(n, line)| before.get(*n) != Some(*line) && !DYNAMIC.contains(&n.as_str()))
+            .map(|(n, _)| n.as_str())
+            .collect();
+        changed.sort();
+        let mut want = expected.to_vec();
+        want.sort();
+        assert_eq!(changed, want, "{shell:?}");
+    }
 }

@@ -34,11 +34,11 @@ pub struct Cli {
     /// Where the device nodes are (<DIR>/vportNpM).
     #[arg(long, global = true, value_name = "DIR", default_value = defaults::DEV_ROOT)]
     pub dev_root: PathBuf,
-    /// More log lines (debug level).
-    #[arg(short, long, global = true)]
+    /// More log lines (debug level). With -q too, the later one counts.
+    #[arg(short, long, global = true, overrides_with = "quiet")]
     pub verbose: bool,
-    /// Only warnings and errors.
-    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    /// Only warnings and errors. With -v too, the later one counts.
+    #[arg(short, long, global = true, overrides_with = "verbose")]
     pub quiet: bool,
     #[command(subcommand)]
     pub command: Command,
@@ -67,6 +67,11 @@ pub enum Command {
     Show {
         #[arg(long, value_enum, default_value_t = Format::Raw)]
         format: Format,
+        /// `--format env`: put PREFIX before every name (e.g. `cs_`), so
+        /// that keys such as PATH or IFS are set as `cs_PATH`, `cs_IFS`
+        /// instead of being left out. It must hold a lower-case letter.
+        #[arg(long, value_name = "PREFIX")]
+        prefix: Option<String>,
         #[arg(long, value_name = "DIR", default_value = defaults::CACHE_DIR)]
         cache_dir: PathBuf,
     },
@@ -78,7 +83,8 @@ pub enum Command {
 pub enum Format {
     /// The cmdline as stored.
     Raw,
-    /// One NAME='value' line per pair, safe to source in /bin/sh.
+    /// One NAME='value' line per pair, safe to source in /bin/sh; names
+    /// the shell itself uses (PATH, IFS, PS1...) are left out, see --prefix.
     Env,
     /// One JSON object.
     Json,
@@ -99,6 +105,7 @@ impl SelectArgs {
         Selector {
             pattern: self.pattern.clone(),
             name: self.name.clone(),
+            fifo_stand_in: false,
         }
     }
 }
@@ -120,7 +127,8 @@ pub struct FetchArgs {
     /// Directory for `cmdline` and `authorized_keys`.
     #[arg(long, value_name = "DIR", default_value = defaults::CACHE_DIR)]
     pub cache_dir: PathBuf,
-    /// Directory for the second `authorized_keys` (made mode 0700).
+    /// Directory for the second `authorized_keys`: made mode 0700 when
+    /// missing; an existing one only loses group and world write.
     #[arg(long, value_name = "DIR", default_value = defaults::SSH_DIR)]
     pub ssh_dir: PathBuf,
     #[command(flatten)]
@@ -128,6 +136,11 @@ pub struct FetchArgs {
     /// Do not write the ack back; the port is then opened read-only.
     #[arg(long)]
     pub no_ack: bool,
+    /// Accept a FIFO as the port's node, for tests and trying it out
+    /// against a fake tree (with --no-ack). Without it the node must be the
+    /// character device whose numbers sysfs gives for the port.
+    #[arg(long)]
+    pub fifo_stand_in: bool,
 }
 
 /// Arguments of `send`: patchviasocket.py's `-n VM -p CMDLINE` work as they

@@ -8,6 +8,7 @@ use super::render::{write_ports_json, write_ports_table};
 use super::{Cli, Command, Format};
 use crate::error::{exit, Error, Result};
 use crate::guest::fetch::{self, FetchOptions, Outcome};
+use crate::guest::ports::Selector;
 use crate::guest::store::{self, Targets};
 use crate::guest::{cmdline, ports};
 use crate::host::{self, SendRequest, Target};
@@ -15,6 +16,7 @@ use crate::host::{self, SendRequest, Target};
 /// Runs the parsed command; returns the exit code for a success or a "not
 /// found" (`get`), and an error for everything else.
 pub fn run(cli: Cli) -> Result<i32> {
+    // -v and -q override each other (clap keeps the later one only).
     crate::log::set_level(if cli.verbose {
         crate::log::DEBUG
     } else if cli.quiet {
@@ -24,12 +26,22 @@ pub fn run(cli: Cli) -> Result<i32> {
     });
     let stdout = io::stdout();
     let mut out = stdout.lock();
+    if matches!(cli.command, Command::Fetch(_) | Command::Ports { .. }) && !cli.sysfs_root.is_dir()
+    {
+        return Err(Error::Usage(format!(
+            "--sysfs-root {}: no such directory",
+            cli.sysfs_root.display()
+        )));
+    }
     match cli.command {
         Command::Fetch(args) => {
             let opts = FetchOptions {
                 sysfs_root: cli.sysfs_root,
                 dev_root: cli.dev_root,
-                selector: args.select.selector(),
+                selector: Selector {
+                    fifo_stand_in: args.fifo_stand_in,
+                    ..args.select.selector()
+                },
                 targets: Targets {
                     cache_dir: args.cache_dir,
                     ssh_dir: args.ssh_dir,
@@ -73,11 +85,35 @@ pub fn run(cli: Cli) -> Result<i32> {
                 }
             }
         }
-        Command::Show { format, cache_dir } => {
+        Command::Show {
+            format,
+            prefix,
+            cache_dir,
+        } => {
+            if let Some(prefix) = &prefix {
+                if format != Format::Env {
+                    return Err(Error::Usage("--prefix goes with --format env".into()));
+                }
+                cmdline::check_env_prefix(prefix).map_err(Error::Usage)?;
+            }
             let text = stored(&cache_dir)?;
             match format {
                 Format::Raw => writeln!(out, "{text}"),
-                Format::Env => cmdline::write_env(&mut out, &text),
+                Format::Env => cmdline::write_env(&mut out, &text, prefix.as_deref().unwrap_or(""))
+                    .map(|skipped| {
+                        for s in skipped {
+                            crate::warn!(
+                                "left out key {:?}: {}{}",
+                                s.key,
+                                s.why,
+                                if prefix.is_none() && !s.why.contains("NUL") {
+                                    " (--prefix sets it under another name)"
+                                } else {
+                                    ""
+                                }
+                            );
+                        }
+                    }),
                 Format::Json => cmdline::write_json(&mut out, &text),
             }
             .map_err(stdout_error)?;
@@ -116,5 +152,22 @@ fn stored(cache_dir: &std::path::Path) -> Result<String> {
 }
 
 fn stdout_error(e: io::Error) -> Error {
+    if e.kind() == io::ErrorKind::BrokenPipe {
+        reader_gone();
+    }
     Error::io("cannot write to", "standard output", e)
+}
+
+/// Standard output's reader has gone (`vport-bootargs ports | head -1`):
+/// end as coreutils do, quietly, by SIGPIPE. Rust starts programs with
+/// SIGPIPE ignored (so that a closed stderr or socket is an error, not a
+/// death); it is set back to the default only here, for this one signal.
+fn reader_gone() -> ! {
+    use nix::libc;
+    // SAFETY: plain libc calls; nothing else is running in this process.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        libc::raise(libc::SIGPIPE);
+    }
+    std::process::exit(128 + libc::SIGPIPE)
 }

@@ -82,6 +82,7 @@ pub fn fetch(opts: &FetchOptions) -> Result<Outcome> {
             secs: port_wait.as_secs_f64(),
         });
     };
+    store::check_targets(&opts.targets)?;
     let mut reader = PortReader::open(&port, opts.ack)?;
     let opened = Instant::now();
     let mut decoder = Decoder::new();

@@ -143,7 +143,7 @@ impl PortReader {
             let now = Instant::now();
             if decoder.has_cmdline() {
                 let since = quiet_since.unwrap_or(now);
-                if now >= since + settle {
+                if now >= deadline::after(since, settle) {
                     debug!("nothing more from the host for {settle:?}; message complete");
                     return Ok(Received::Message(decoder.take().expect("has cmdline")));
                 }
@@ -153,7 +153,7 @@ impl PortReader {
             }
             let mut until = deadline;
             if decoder.has_cmdline() {
-                until = until.min(quiet_since.unwrap_or(now) + settle);
+                until = until.min(deadline::after(quiet_since.unwrap_or(now), settle));
             }
             self.wait(until)?;
         }
@@ -233,7 +233,7 @@ fn check_node(port: &Port, meta: &io::Result<std::fs::Metadata>) -> Result<()> {
         }
     };
     if !meta.file_type().is_char_device() {
-        return Ok(());
+        return super::ports::check_stand_in(port, meta);
     }
     let rdev = meta.rdev();
     let found = (major(rdev) as u32, minor(rdev) as u32);
@@ -276,6 +276,7 @@ mod tests {
             node: "/dev/vport0p1".into(),
             link: None,
             verdict: super::super::ports::Verdict::Chosen,
+            fifo_stand_in: false,
         };
         for errno in [Errno::EBUSY, Errno::EMFILE] {
             let e = open_error(&port, io::Error::from_raw_os_error(errno as i32));

@@ -14,6 +14,8 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use super::pattern::glob_match;
+use crate::error::{Error, Result};
+use crate::files::{self, Refused};
 
 /// QEMU guest agent's port. Never opened: a second opener of a virtio port
 /// gets EBUSY, and qemu-ga would then fail to start.
@@ -26,6 +28,9 @@ pub struct Selector {
     pub pattern: String,
     /// When set, exactly this port name and nothing else.
     pub name: Option<String>,
+    /// Accept a FIFO as the port's node (tests, a fake tree). Without it
+    /// the node must be the character device sysfs names for the port.
+    pub fifo_stand_in: bool,
 }
 
 impl Selector {
@@ -58,6 +63,8 @@ pub struct Port {
     /// udev's `<dev-root>/virtio-ports/<name>`, when it exists.
     pub link: Option<PathBuf>,
     pub verdict: Verdict,
+    /// A FIFO may stand in for the node ([`Selector::fifo_stand_in`]).
+    pub fifo_stand_in: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,6 +77,8 @@ pub enum Verdict {
     GuestAgent,
     NoName,
     NoMatch,
+    /// Its `name` or `dev` attribute could not be read; why.
+    Unreadable(String),
 }
 
 impl Verdict {
@@ -82,29 +91,54 @@ impl Verdict {
             Verdict::GuestAgent => "ignored: QEMU guest agent's port, never opened".into(),
             Verdict::NoName => "ignored: no name yet".into(),
             Verdict::NoMatch => "ignored: name does not match".into(),
+            Verdict::Unreadable(why) => format!("ignored: {why}"),
         }
     }
 }
 
 /// Every port under `<sysfs>/class/virtio-ports`, in device then port
 /// number order, each with its verdict for `sel`. A missing class directory
-/// (no virtio_console loaded yet) is an empty list.
+/// (no virtio_console loaded yet) is an empty list; a missing sysfs root is
+/// an error (a mistyped `--sysfs-root` would otherwise look like "no ports").
+/// Entries not named `vport<N>p<M>` are not ports and are left out. A port
+/// whose attributes cannot be read is listed as ignored, with the reason,
+/// and the others are still found.
 pub fn scan(sysfs_root: &Path, dev_root: &Path, sel: &Selector) -> io::Result<Vec<Port>> {
     let class = sysfs_root.join("class/virtio-ports");
     let entries = match fs::read_dir(&class) {
         Ok(e) => e,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return match fs::metadata(sysfs_root) {
+                Ok(m) if m.is_dir() => Ok(Vec::new()),
+                _ => Err(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("the sysfs root {} is not a directory", sysfs_root.display()),
+                )),
+            };
+        }
         Err(e) => return Err(e),
     };
     let mut ports = Vec::new();
     for entry in entries {
         let entry = entry?;
-        let Ok(entry_name) = entry.file_name().into_string() else {
+        let Some(entry_name) = entry
+            .file_name()
+            .into_string()
+            .ok()
+            .filter(|n| is_port_entry(n))
+        else {
             continue;
         };
         let dir = class.join(&entry_name);
-        let name = read_attr(&dir.join("name"))?.filter(|n| !n.is_empty());
-        let dev = read_attr(&dir.join("dev"))?.and_then(|d| parse_dev(&d));
+        let attrs = read_attr(&dir, "name").and_then(|name| Ok((name, read_attr(&dir, "dev")?)));
+        let (name, dev, verdict) = match attrs {
+            Ok((name, dev)) => (
+                name.filter(|n| !n.is_empty()),
+                dev.and_then(|d| parse_dev(&d)),
+                Verdict::NoMatch,
+            ),
+            Err(why) => (None, None, Verdict::Unreadable(why)),
+        };
         let link = name
             .as_ref()
             .map(|n| dev_root.join("virtio-ports").join(n))
@@ -115,12 +149,23 @@ pub fn scan(sysfs_root: &Path, dev_root: &Path, sel: &Selector) -> io::Result<Ve
             name,
             dev,
             link,
-            verdict: Verdict::NoMatch,
+            verdict,
+            fifo_stand_in: sel.fifo_stand_in,
         });
     }
     ports.sort_by_key(|p| sort_key(&p.entry));
     classify(&mut ports, sel);
     Ok(ports)
+}
+
+/// `vport<N>p<M>`, N and M decimal: the only names virtio_console gives its
+/// ports (`vport%up%u` in add_port()).
+pub fn is_port_entry(entry: &str) -> bool {
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    entry
+        .strip_prefix("vport")
+        .and_then(|rest| rest.split_once('p'))
+        .is_some_and(|(d, p)| digits(d) && digits(p))
 }
 
 /// Sets each port's verdict. The first matching port in `vport<dev>p<port>`
@@ -129,6 +174,9 @@ pub fn scan(sysfs_root: &Path, dev_root: &Path, sel: &Selector) -> io::Result<Ve
 pub fn classify(ports: &mut [Port], sel: &Selector) {
     let mut chosen: Option<String> = None;
     for port in ports.iter_mut() {
+        if matches!(port.verdict, Verdict::Unreadable(_)) {
+            continue;
+        }
         port.verdict = match port.name.as_deref() {
             None => Verdict::NoName,
             Some(GUEST_AGENT_PORT) => Verdict::GuestAgent,
@@ -150,13 +198,41 @@ pub fn chosen(ports: &[Port]) -> Option<&Port> {
     ports.iter().find(|p| p.verdict == Verdict::Chosen)
 }
 
-/// Reads a one-line sysfs attribute; None when it does not exist.
-fn read_attr(path: &Path) -> io::Result<Option<String>> {
-    match fs::read_to_string(path) {
-        Ok(s) => Ok(Some(s.trim_end_matches('\n').to_owned())),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e),
+/// Longest sysfs attribute: the kernel gives show() one page.
+const ATTR_MAX: usize = 4096;
+
+/// Reads the one-line sysfs attribute `dir/attr`; None when it does not
+/// exist; why not, when it is not a readable attribute (a FIFO would block,
+/// a link to /dev/zero never end).
+fn read_attr(dir: &Path, attr: &str) -> Result<Option<String>, String> {
+    let bytes = match files::read_regular(&dir.join(attr), ATTR_MAX, false) {
+        Ok(b) => b,
+        Err(Refused::Missing) => return Ok(None),
+        Err(why) => return Err(format!("its {attr} attribute {why}")),
+    };
+    let text = String::from_utf8(bytes).map_err(|_| format!("its {attr} is not UTF-8"))?;
+    Ok(Some(text.trim_end_matches('\n').to_owned()))
+}
+
+/// The node to open is not a character device: refused, unless a FIFO may
+/// stand in for it. Production nodes are devtmpfs character devices; a FIFO,
+/// or a link to a regular file, is something planted.
+pub fn check_stand_in(port: &Port, meta: &fs::Metadata) -> Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    if port.fifo_stand_in && meta.file_type().is_fifo() {
+        return Ok(());
     }
+    Err(Error::Unavailable(format!(
+        "{} is {}, not the character device of port {}; refusing to open it{}",
+        port.node.display(),
+        files::kind(&meta.file_type()),
+        port.name.as_deref().unwrap_or("?"),
+        if meta.file_type().is_fifo() {
+            " (--fifo-stand-in accepts a FIFO, for tests)"
+        } else {
+            ""
+        }
+    )))
 }
 
 /// `MAJOR:MINOR` as sysfs writes it.
@@ -187,6 +263,7 @@ mod tests {
             node: PathBuf::from("/dev").join(entry),
             link: None,
             verdict: Verdict::NoMatch,
+            fifo_stand_in: false,
         }
     }
 
@@ -194,6 +271,7 @@ mod tests {
         Selector {
             pattern: "*.vport".into(),
             name: None,
+            fifo_stand_in: false,
         }
     }
 
@@ -203,6 +281,7 @@ mod tests {
         let sel = Selector {
             pattern: "*".into(),
             name: None,
+            fifo_stand_in: false,
         };
         classify(&mut ports, &sel);
         assert_eq!(ports[0].verdict, Verdict::GuestAgent);
@@ -237,11 +316,30 @@ mod tests {
         let sel = Selector {
             pattern: "*.vport".into(),
             name: Some("b.vport".into()),
+            fifo_stand_in: false,
         };
         classify(&mut ports, &sel);
         assert_eq!(chosen(&ports).unwrap().entry, "vport0p2");
         assert_eq!(ports[0].verdict, Verdict::NoMatch);
         assert_eq!(ports[2].verdict, Verdict::NoName);
+    }
+
+    #[test]
+    fn only_vport_n_p_m_entries_are_ports() {
+        for good in ["vport0p1", "vport1p12", "vport10p0"] {
+            assert!(is_port_entry(good), "{good}");
+        }
+        for bad in [
+            "vport0p",
+            "vportp1",
+            "vportXpY",
+            "vport+1p1",
+            "zzz",
+            "vport0p1x",
+            "",
+        ] {
+            assert!(!is_port_entry(bad), "{bad}");
+        }
     }
 
     #[test]

@@ -5,22 +5,33 @@
 //! O_EXCL|O_NOFOLLOW), written, fsync'd, renamed over the target, then the
 //! directory fsync'd. rename() replaces a symlink planted at the target
 //! instead of following it, and the directory is opened with O_NOFOLLOW, so
-//! nothing is written outside the configured directories.
+//! nothing is written outside the configured directories. Missing
+//! directories are made with mkdirat() and opened with openat(O_NOFOLLOW)
+//! relative to their parent's descriptor, and modes are set with fchmod()
+//! on what was opened: nothing is done by path after a check by path.
+//!
+//! Two runs on one directory take turns: each directory is locked (flock)
+//! while it is written, so the fixed temp names (one per target, removed by
+//! the next run after a crash or a SIGTERM) are never shared.
 
 use std::ffi::OsStr;
-use std::fs::File;
+use std::fs::{self, File};
 use std::io::{self, Write};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
-use nix::fcntl::{openat, renameat, OFlag};
-use nix::sys::stat::{fchmod, Mode};
-use nix::unistd::{unlinkat, UnlinkatFlags};
+use nix::fcntl::{openat, renameat, AtFlags, Flock, FlockArg, OFlag};
+use nix::sys::stat::{fchmod, fstat, mkdirat, Mode};
+use nix::unistd::{faccessat, unlinkat, AccessFlags, UnlinkatFlags};
 
 use crate::error::{Error, Result};
-use crate::wire::Message;
+use crate::files::{self, Refused};
+use crate::wire::{Message, MAX_MESSAGE};
+use crate::{deadline, info};
 
 pub const CMDLINE_FILE: &str = "cmdline";
 pub const AUTHORIZED_KEYS_FILE: &str = "authorized_keys";
@@ -29,6 +40,13 @@ pub const CMDLINE_MODE: u32 = 0o644;
 pub const KEYS_MODE: u32 = 0o600;
 pub const CACHE_DIR_MODE: u32 = 0o755;
 pub const SSH_DIR_MODE: u32 = 0o700;
+/// Parent directories this program has to create (e.g. `/var/cache`).
+pub const PARENT_DIR_MODE: u32 = 0o755;
+
+/// How long to wait for another run that is storing in the same directory:
+/// it takes milliseconds; this only keeps a stopped one from hanging us.
+const LOCK_WAIT: Duration = Duration::from_secs(30);
+const LOCK_RETRY: Duration = Duration::from_millis(20);
 
 /// Where the files go.
 #[derive(Debug, Clone)]
@@ -43,18 +61,39 @@ impl Targets {
     }
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Cache,
+    Ssh,
+}
+
+impl Role {
+    fn option(self) -> &'static str {
+        match self {
+            Role::Cache => "--cache-dir",
+            Role::Ssh => "--ssh-dir",
+        }
+    }
+}
+
 /// Stores a whole message: the key files first, the cmdline last, since
 /// scripts that wait for the cmdline file take it as "parameters are here".
 /// Without a pubkey the key files are left as they are.
 pub fn store(message: &Message, targets: &Targets) -> Result<()> {
+    check_distinct(targets)?;
     // Every directory is opened (and refused, if it is a symlink or not a
     // directory) before any file is written, so that a refused directory
     // leaves all the files as they were.
-    let cache = open_dir(&targets.cache_dir, CACHE_DIR_MODE, false)?;
-    if let Some(key) = &message.pubkey {
-        // OpenSSH's StrictModes refuses keys in a group- or world-writable
-        // ~/.ssh, so the directory is made 0700 whatever it was.
-        let ssh = open_dir(&targets.ssh_dir, SSH_DIR_MODE, true)?;
+    let cache = open_target(&targets.cache_dir, Role::Cache)?;
+    let ssh = match &message.pubkey {
+        Some(_) => Some(open_target(&targets.ssh_dir, Role::Ssh)?),
+        None => None,
+    };
+    let cache = lock(cache, &targets.cache_dir)?;
+    remove_leftovers(&cache);
+    if let (Some(key), Some(ssh)) = (&message.pubkey, ssh) {
+        let ssh = lock(ssh, &targets.ssh_dir)?;
+        remove_leftovers(&ssh);
         let content = format!("{key}\n");
         write_atomic(
             &cache,
@@ -81,46 +120,234 @@ pub fn store(message: &Message, targets: &Targets) -> Result<()> {
     )
 }
 
+/// Refuses, before the port is opened, what [`store`] would refuse after
+/// the host's message has been read (a one-shot delivery would then be
+/// lost): a directory that is a symlink or not a directory, one that cannot
+/// be written (a read-only filesystem), the root directory, a shared sticky
+/// directory as the ssh dir, the ssh dir being the cache dir. A missing
+/// directory is fine when its nearest existing parent is a writable
+/// directory. Also removes the temp files a killed run left.
+pub fn check_targets(targets: &Targets) -> Result<()> {
+    check_distinct(targets)?;
+    for (dir, role) in [
+        (&targets.cache_dir, Role::Cache),
+        (&targets.ssh_dir, Role::Ssh),
+    ] {
+        match open_nofollow(dir) {
+            Ok(fd) => {
+                check_existing(&fd, dir, role)?;
+                check_writable(&fd, dir)?;
+                // Only when no other run is storing there: its temp files
+                // are not leftovers.
+                if let Ok(locked) = Flock::lock(fd, FlockArg::LockExclusiveNonblock) {
+                    remove_leftovers(&locked);
+                }
+            }
+            Err(Errno::ENOENT) => check_creatable(dir)?,
+            Err(e) => return Err(dir_error(dir, e)),
+        }
+    }
+    Ok(())
+}
+
 /// The stored cmdline, without its newline; None when the file is missing
-/// or holds only white space.
+/// or holds only white space. Read only when it is a regular file (not
+/// through a symlink, never a FIFO or a device) of at most the message
+/// limit, and refused when it holds a NUL byte, which no message can carry.
 pub fn stored_cmdline(cache_dir: &Path) -> Result<Option<String>> {
     let path = cache_dir.join(CMDLINE_FILE);
-    let bytes = match std::fs::read(&path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(Error::io("cannot read", path, e)),
-    };
-    let text = String::from_utf8(bytes).map_err(|_| Error::BadStored {
+    let bad = |problem: String| Error::BadStored {
         path: path.clone(),
-        problem: "not valid UTF-8".into(),
-    })?;
+        problem,
+    };
+    let bytes = match files::read_regular(&path, MAX_MESSAGE, false) {
+        Ok(b) => b,
+        Err(Refused::Missing) => return Ok(None),
+        Err(Refused::Io(e)) => return Err(Error::io("cannot read", path, e)),
+        Err(why) => return Err(bad(why.to_string())),
+    };
+    if bytes.contains(&0) {
+        return Err(bad("holds a NUL byte".into()));
+    }
+    let text = String::from_utf8(bytes).map_err(|_| bad("not valid UTF-8".into()))?;
     let text = text.trim_end_matches('\n');
     Ok((!text.trim().is_empty()).then(|| text.to_owned()))
 }
 
-/// Opens `dir` (creating it, and any missing parents, with `mode`) as a
-/// directory fd, refusing a symlink in its place. With `enforce_mode` an
-/// existing directory is chmod'ed to `mode`.
-fn open_dir(dir: &Path, mode: u32, enforce_mode: bool) -> Result<OwnedFd> {
-    let open = || {
-        nix::fcntl::open(
-            dir,
-            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        )
-        .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) })
-    };
-    let fd = match open() {
-        Ok(fd) => fd,
-        Err(Errno::ENOENT) => {
-            create_dirs(dir, mode)?;
-            open().map_err(|e| dir_error(dir, e))?
+/// The two directories must be two, and neither may be `/`.
+fn check_distinct(targets: &Targets) -> Result<()> {
+    for (dir, role) in [
+        (&targets.cache_dir, Role::Cache),
+        (&targets.ssh_dir, Role::Ssh),
+    ] {
+        if same_dir(dir, Path::new("/")) {
+            return Err(Error::Usage(format!(
+                "{} {}: refusing to store files in the root directory",
+                role.option(),
+                dir.display()
+            )));
         }
+    }
+    if same_dir(&targets.cache_dir, &targets.ssh_dir) {
+        return Err(Error::Usage(format!(
+            "--ssh-dir {} is the cache directory {}: the keys need a directory of their own \
+             (OpenSSH wants it 0700; the cache is 0755)",
+            targets.ssh_dir.display(),
+            targets.cache_dir.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Same directory: same inode when both exist, else the same path.
+fn same_dir(a: &Path, b: &Path) -> bool {
+    match (fs::metadata(a), fs::metadata(b)) {
+        (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
+        _ => a == b,
+    }
+}
+
+/// Rules for a directory that exists, on its opened descriptor.
+fn check_existing(fd: &OwnedFd, dir: &Path, role: Role) -> Result<()> {
+    let st = fstat(fd.as_raw_fd()).map_err(|e| Error::io("cannot stat", dir, e.into()))?;
+    if role == Role::Ssh && st.st_mode & 0o1000 != 0 {
+        return Err(Error::Usage(format!(
+            "--ssh-dir {} is a shared directory (sticky bit, mode {:o}, like /tmp): \
+             refusing to keep keys in it or to change its mode",
+            dir.display(),
+            st.st_mode & 0o7777
+        )));
+    }
+    Ok(())
+}
+
+/// Writable where that can be known before writing: access(2) answers
+/// EROFS for a read-only filesystem, and EACCES by mode for non-root.
+fn check_writable(fd: &OwnedFd, dir: &Path) -> Result<()> {
+    faccessat(
+        Some(fd.as_raw_fd()),
+        ".",
+        AccessFlags::W_OK | AccessFlags::X_OK,
+        AtFlags::empty(),
+    )
+    .map_err(|e| Error::io("cannot write in", dir, e.into()))
+}
+
+/// A missing directory: its nearest existing parent must be a writable
+/// directory, since that is where it will be made.
+fn check_creatable(dir: &Path) -> Result<()> {
+    let mut parent = dir;
+    loop {
+        parent = match parent.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        match open_following(parent) {
+            Ok(fd) => return check_writable(&fd, parent),
+            Err(Errno::ENOENT) if parent != Path::new(".") => continue,
+            Err(e) => return Err(dir_error(parent, e)),
+        }
+    }
+}
+
+fn open_nofollow(dir: &Path) -> nix::Result<OwnedFd> {
+    open_dir_fd(None, dir, OFlag::O_NOFOLLOW)
+}
+
+/// An existing parent of a target: symlinks in it are the system's layout.
+fn open_following(dir: &Path) -> nix::Result<OwnedFd> {
+    open_dir_fd(None, dir, OFlag::empty())
+}
+
+fn open_dir_fd<P: ?Sized + nix::NixPath>(
+    at: Option<&OwnedFd>,
+    path: &P,
+    extra: OFlag,
+) -> nix::Result<OwnedFd> {
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC | extra;
+    let fd = match at {
+        Some(at) => openat(Some(at.as_raw_fd()), path, flags, Mode::empty())?,
+        None => nix::fcntl::open(path, flags, Mode::empty())?,
+    };
+    // SAFETY: open returned a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Opens a target directory, making it (and missing parents) if needed, and
+/// applies its mode rules: a directory we make gets exactly its mode (0755
+/// cache, 0700 ssh); an existing ssh dir loses only group and world write,
+/// what OpenSSH's StrictModes refuses, and is otherwise left as it is.
+fn open_target(dir: &Path, role: Role) -> Result<OwnedFd> {
+    let mode = match role {
+        Role::Cache => CACHE_DIR_MODE,
+        Role::Ssh => SSH_DIR_MODE,
+    };
+    let fd = match open_nofollow(dir) {
+        Ok(fd) => fd,
+        Err(Errno::ENOENT) => return create_dirs(dir, mode),
         Err(e) => return Err(dir_error(dir, e)),
     };
-    if enforce_mode {
-        fchmod(fd.as_raw_fd(), Mode::from_bits_truncate(mode))
-            .map_err(|e| Error::io("cannot set the mode of", dir, e.into()))?;
+    check_existing(&fd, dir, role)?;
+    if role == Role::Ssh {
+        let st = fstat(fd.as_raw_fd()).map_err(|e| Error::io("cannot stat", dir, e.into()))?;
+        let current = st.st_mode & 0o7777;
+        if current & 0o022 != 0 {
+            fchmod(fd.as_raw_fd(), Mode::from_bits_truncate(current & !0o022))
+                .map_err(|e| Error::io("cannot set the mode of", dir, e.into()))?;
+            info!(
+                "{} was group- or world-writable (mode {current:o}), which OpenSSH refuses; made it {:o}",
+                dir.display(),
+                current & !0o022
+            );
+        }
+    }
+    Ok(fd)
+}
+
+/// Makes `dir` and its missing parents: from the nearest existing parent
+/// down, each made with mkdirat() and opened with openat(O_NOFOLLOW) in the
+/// descriptor of the one above, its mode set with fchmod() on that
+/// descriptor (mkdir's mode is cut by the umask). The last gets `mode`;
+/// it is never more open than that, even for a moment.
+fn create_dirs(dir: &Path, mode: u32) -> Result<OwnedFd> {
+    let mut missing: Vec<&OsStr> = Vec::new();
+    let mut base = dir;
+    let mut fd = loop {
+        let Some(name) = base.file_name() else {
+            return Err(dir_error(dir, Errno::ENOENT));
+        };
+        missing.push(name);
+        base = match base.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        match open_following(base) {
+            Ok(fd) => break fd,
+            Err(Errno::ENOENT) if base != Path::new(".") => continue,
+            Err(e) => return Err(dir_error(base, e)),
+        }
+    };
+    let mut path = base.to_path_buf();
+    while let Some(name) = missing.pop() {
+        path.push(name);
+        let want = if missing.is_empty() {
+            mode
+        } else {
+            PARENT_DIR_MODE
+        };
+        let made = match mkdirat(Some(fd.as_raw_fd()), name, Mode::from_bits_truncate(want)) {
+            Ok(()) => true,
+            // Made meanwhile by someone else: used as it is.
+            Err(Errno::EEXIST) => false,
+            Err(e) => return Err(Error::io("cannot create directory", &path, e.into())),
+        };
+        let child =
+            open_dir_fd(Some(&fd), name, OFlag::O_NOFOLLOW).map_err(|e| dir_error(&path, e))?;
+        if made {
+            fchmod(child.as_raw_fd(), Mode::from_bits_truncate(want))
+                .map_err(|e| Error::io("cannot set the mode of", &path, e.into()))?;
+        }
+        fd = child;
     }
     Ok(fd)
 }
@@ -141,16 +368,48 @@ fn dir_error(dir: &Path, e: Errno) -> Error {
     }
 }
 
-fn create_dirs(dir: &Path, mode: u32) -> Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(mode)
-        .create(dir)
-        .map_err(|e| Error::io("cannot create directory", dir, e))?;
-    // mkdir's mode is cut by the umask; set exactly what was asked.
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
-        .map_err(|e| Error::io("cannot set the mode of", dir, e))
+/// Takes the directory's lock, waiting (in short sleeps, up to LOCK_WAIT)
+/// while another run holds it.
+fn lock(fd: OwnedFd, dir: &Path) -> Result<Flock<OwnedFd>> {
+    let until = deadline::in_(LOCK_WAIT);
+    let mut fd = fd;
+    let mut said = false;
+    loop {
+        match Flock::lock(fd, FlockArg::LockExclusiveNonblock) {
+            Ok(locked) => return Ok(locked),
+            Err((back, Errno::EWOULDBLOCK)) if Instant::now() < until => {
+                if !said {
+                    info!(
+                        "another process is storing in {}; waiting for it",
+                        dir.display()
+                    );
+                    said = true;
+                }
+                fd = back;
+                std::thread::sleep(LOCK_RETRY);
+            }
+            Err((_, Errno::EWOULDBLOCK)) => {
+                return Err(Error::Unavailable(format!(
+                    "{} stayed locked by another process for {} s",
+                    dir.display(),
+                    LOCK_WAIT.as_secs()
+                )))
+            }
+            Err((_, e)) => return Err(Error::io("cannot lock", dir, e.into())),
+        }
+    }
+}
+
+/// Removes the temp files a killed run left, best effort: a later write
+/// removes its own anyway. Only with the directory locked.
+fn remove_leftovers(dirfd: &OwnedFd) {
+    for name in [CMDLINE_FILE, AUTHORIZED_KEYS_FILE] {
+        let _ = unlinkat(
+            Some(dirfd.as_raw_fd()),
+            temp_name(name).as_str(),
+            UnlinkatFlags::NoRemoveDir,
+        );
+    }
 }
 
 /// Replaces `dir/name` with `content` atomically (see the module comment).
@@ -255,18 +514,96 @@ mod tests {
         assert_eq!(mode(&t.ssh_dir), 0o700);
     }
 
+    fn with_key() -> Message {
+        Message {
+            cmdline: "a=b".into(),
+            pubkey: Some("ssh-ed25519 AAAA".into()),
+        }
+    }
+
     #[test]
-    fn group_writable_ssh_dir_is_made_0700() {
+    fn existing_ssh_dir_loses_only_group_and_world_write() {
         let tmp = tempfile::tempdir().unwrap();
         let t = targets(tmp.path());
         fs::create_dir_all(&t.ssh_dir).unwrap();
-        fs::set_permissions(&t.ssh_dir, fs::Permissions::from_mode(0o777)).unwrap();
-        let m = Message {
-            cmdline: "a=b".into(),
-            pubkey: Some("ssh-ed25519 AAAA".into()),
+        for (before, after) in [(0o777, 0o755), (0o750, 0o750), (0o2770, 0o2750)] {
+            fs::set_permissions(&t.ssh_dir, fs::Permissions::from_mode(before)).unwrap();
+            store(&with_key(), &t).unwrap();
+            assert_eq!(mode(&t.ssh_dir), after, "{before:o}");
+        }
+    }
+
+    #[test]
+    fn sticky_shared_ssh_dir_is_refused_and_left_as_it_is() {
+        let tmp = tempfile::tempdir().unwrap();
+        let t = targets(tmp.path());
+        fs::create_dir_all(&t.ssh_dir).unwrap();
+        fs::set_permissions(&t.ssh_dir, fs::Permissions::from_mode(0o1777)).unwrap();
+        for err in [
+            check_targets(&t).unwrap_err(),
+            store(&with_key(), &t).unwrap_err(),
+        ] {
+            assert!(err.to_string().contains("sticky bit"), "{err}");
+            assert_eq!(err.exit_code(), crate::error::exit::USAGE);
+        }
+        assert_eq!(mode(&t.ssh_dir), 0o1777);
+        assert!(!t.cmdline().exists());
+    }
+
+    #[test]
+    fn ssh_dir_equal_to_cache_dir_or_root_dir_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cache = tmp.path().join("cache");
+        let same = Targets {
+            cache_dir: cache.clone(),
+            ssh_dir: cache.join("."),
         };
-        store(&m, &t).unwrap();
-        assert_eq!(mode(&t.ssh_dir), 0o700);
+        for t in [
+            same.clone(),
+            Targets {
+                ssh_dir: cache.join("x/.."),
+                ..same.clone()
+            },
+        ] {
+            fs::create_dir_all(cache.join("x")).unwrap();
+            let err = check_targets(&t).unwrap_err();
+            assert!(err.to_string().contains("is the cache directory"), "{err}");
+            assert!(store(&with_key(), &t).is_err());
+        }
+        let missing = Targets {
+            cache_dir: tmp.path().join("a/b"),
+            ssh_dir: tmp.path().join("a/b/"),
+        };
+        assert!(check_targets(&missing).is_err());
+        for root in ["/", "//", "/."] {
+            let t = Targets {
+                cache_dir: root.into(),
+                ssh_dir: tmp.path().join("ssh"),
+            };
+            let err = check_targets(&t).unwrap_err();
+            assert!(err.to_string().contains("root directory"), "{err}");
+            assert_eq!(err.exit_code(), crate::error::exit::USAGE);
+        }
+    }
+
+    #[test]
+    fn missing_dirs_are_made_below_the_nearest_existing_one() {
+        let tmp = tempfile::tempdir().unwrap();
+        let t = targets(tmp.path());
+        check_targets(&t).unwrap();
+        assert!(!t.cache_dir.exists(), "a check makes nothing");
+        store(&with_key(), &t).unwrap();
+        assert_eq!(mode(&tmp.path().join("var")), PARENT_DIR_MODE);
+        assert_eq!(mode(&tmp.path().join("root")), PARENT_DIR_MODE);
+        assert_eq!(mode(&t.ssh_dir), SSH_DIR_MODE);
+        // A missing directory whose nearest parent is a file cannot be made.
+        fs::write(tmp.path().join("file"), "").unwrap();
+        let t = Targets {
+            cache_dir: tmp.path().join("file/cache"),
+            ssh_dir: tmp.path().join("ssh"),
+        };
+        let err = check_targets(&t).unwrap_err();
+        assert!(err.to_string().contains("not a directory"), "{err}");
     }
 
     #[test]
@@ -274,7 +611,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path();
         fs::write(dir.join(temp_name("cmdline")), "torn").unwrap();
-        let fd = open_dir(dir, CACHE_DIR_MODE, false).unwrap();
+        let fd = open_target(dir, Role::Cache).unwrap();
         write_atomic(&fd, dir, "cmdline", b"new\n", 0o644).unwrap();
         let mut names: Vec<_> = fs::read_dir(dir)
             .unwrap()
@@ -290,7 +627,7 @@ mod tests {
         let real = tmp.path().join("elsewhere");
         fs::create_dir(&real).unwrap();
         std::os::unix::fs::symlink(&real, tmp.path().join("cache")).unwrap();
-        let err = open_dir(&tmp.path().join("cache"), CACHE_DIR_MODE, false).unwrap_err();
+        let err = open_target(&tmp.path().join("cache"), Role::Cache).unwrap_err();
         assert!(err
             .to_string()
             .contains("refusing to write through a symlink"));

@@ -1,12 +1,12 @@
 //! What to send where: the caller's request (VM name or socket, cmdline,
 //! key file) resolved and checked before anything is sent.
 
-use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::wire::{check_cmdline, pubkey_line, Message};
+use crate::files::{self, Refused};
+use crate::wire::{check_cmdline, pubkey_line, Message, MAX_LINE, PUBKEY_PREFIX};
 
 use super::session::{SendOptions, RETRY_INTERVAL};
 
@@ -78,36 +78,57 @@ pub fn spaces_for_percent(text: &str) -> String {
     text.replace('%', " ")
 }
 
+/// The longest key the guest takes: its `pubkey:` line is at most
+/// MAX_LINE bytes.
+pub const MAX_PUBKEY: usize = MAX_LINE - PUBKEY_PREFIX.len();
+/// How much of a key file is read: the longest key and some white space
+/// around it. A larger file is refused unread.
+const MAX_PUBKEY_FILE: usize = MAX_PUBKEY + 1024;
+
 /// Reads the public key file: missing, unreadable or empty is EX_NOINPUT,
 /// as patchviasocket.py refused to send without a key; a file holding
-/// something else than one key is EX_DATAERR.
+/// something else than one key, a private key, or a key longer than the
+/// guest accepts is EX_DATAERR. Read only when it is a regular file (a FIFO
+/// would block, /dev/zero never end), and at most MAX_PUBKEY_FILE bytes.
 pub fn read_pubkey(path: &Path) -> Result<String> {
     let no_input = |problem: String| Error::NoInput {
         what: "public key file",
         path: path.to_owned(),
         problem,
     };
-    let bytes = std::fs::read(path).map_err(|e| {
-        no_input(match e.kind() {
-            io::ErrorKind::NotFound => "does not exist; create it or pass --no-pubkey".into(),
-            _ => format!("cannot be read: {e}"),
-        })
-    })?;
-    let text = String::from_utf8(bytes).map_err(|_| Error::BadInput {
+    let bad = |problem: String| Error::BadInput {
         what: "public key file",
         path: path.to_owned(),
-        problem: "is not UTF-8 text".into(),
+        problem,
+    };
+    let bytes = files::read_regular(path, MAX_PUBKEY_FILE, true).map_err(|why| match why {
+        Refused::Missing => no_input("does not exist; create it or pass --no-pubkey".into()),
+        Refused::Io(_) => no_input(why.to_string()),
+        Refused::TooLarge(_) => bad(format!(
+            "is larger than {MAX_PUBKEY_FILE} bytes; the guest accepts a key of at most {MAX_PUBKEY} bytes"
+        )),
+        Refused::NotRegular(_) | Refused::Symlink => bad(why.to_string()),
     })?;
+    // Before anything else: never send, nor quote, a private key.
+    if bytes.windows(11).any(|w| w == b"PRIVATE KEY") {
+        return Err(bad(
+            "is a private key; pass the public one (the .pub file next to it)".into(),
+        ));
+    }
+    let text = String::from_utf8(bytes).map_err(|_| bad("is not UTF-8 text".into()))?;
     if text.trim().is_empty() {
         return Err(no_input(
             "is empty; put the host's public key in it or pass --no-pubkey".into(),
         ));
     }
-    pubkey_line(&text).map_err(|problem| Error::BadInput {
-        what: "public key file",
-        path: path.to_owned(),
-        problem,
-    })
+    let key = pubkey_line(&text).map_err(bad)?;
+    if key.len() > MAX_PUBKEY {
+        return Err(bad(format!(
+            "holds a key of {} bytes; the guest accepts a key of at most {MAX_PUBKEY} bytes",
+            key.len()
+        )));
+    }
+    Ok(key)
 }
 
 #[cfg(test)]
@@ -120,6 +141,32 @@ mod tests {
             spaces_for_percent("type=secstorage%name=s-1-VM%%x"),
             "type=secstorage name=s-1-VM  x"
         );
+    }
+
+    #[test]
+    fn key_over_the_guests_line_limit_or_private_is_refused_exit_65() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("key");
+        let blob = "A".repeat(MAX_PUBKEY - "ssh-rsa ".len());
+        std::fs::write(&path, format!("ssh-rsa {blob}\n")).unwrap();
+        assert_eq!(read_pubkey(&path).unwrap().len(), MAX_PUBKEY);
+        std::fs::write(&path, format!("ssh-rsa {blob}A\n")).unwrap();
+        let err = read_pubkey(&path).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("the guest accepts a key of at most"),
+            "{err}"
+        );
+        assert_eq!(err.exit_code(), crate::error::exit::DATA);
+        std::fs::write(
+            &path,
+            "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA\n-----END OPENSSH PRIVATE KEY-----\n",
+        )
+        .unwrap();
+        let err = read_pubkey(&path).unwrap_err();
+        assert!(err.to_string().contains("is a private key"), "{err}");
+        assert!(!err.to_string().contains("b3Blbn"), "{err}");
+        assert_eq!(err.exit_code(), crate::error::exit::DATA);
     }
 
     #[test]

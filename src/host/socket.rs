@@ -3,6 +3,7 @@
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Instant;
@@ -18,6 +19,11 @@ use super::session::WRITE_TIMEOUT;
 
 /// Connects without blocking: a unix socket whose listen queue is full
 /// answers EAGAIN at once instead of making us wait in connect().
+///
+/// connect() to a path that is not a socket (a regular file, a directory)
+/// answers ECONNREFUSED, as a socket nobody listens on does; that is told
+/// apart here and returned as ENOTSOCK, which is not retried and is
+/// reported as what the path is.
 pub(super) fn connect(path: &Path) -> io::Result<UnixStream> {
     let addr = UnixAddr::new(path).map_err(io::Error::from)?;
     let fd = socket::socket(
@@ -26,8 +32,17 @@ pub(super) fn connect(path: &Path) -> io::Result<UnixStream> {
         SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
         None,
     )?;
-    socket::connect(fd.as_raw_fd(), &addr)?;
-    Ok(UnixStream::from(fd))
+    match socket::connect(fd.as_raw_fd(), &addr) {
+        Ok(()) => Ok(UnixStream::from(fd)),
+        Err(Errno::ECONNREFUSED) if not_a_socket(path).is_some() => Err(Errno::ENOTSOCK.into()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// What is at `path` when it is there and is not a socket.
+fn not_a_socket(path: &Path) -> Option<&'static str> {
+    let meta = std::fs::metadata(path).ok()?;
+    (!meta.file_type().is_socket()).then(|| crate::files::kind(&meta.file_type()))
 }
 
 /// Errors that can go away by themselves: QEMU not up yet, restarting, or
@@ -69,6 +84,10 @@ pub(super) fn connect_error(path: &Path, e: io::Error) -> Error {
             path: path.to_owned(),
             source: e,
         },
+        Some(Errno::ENOTSOCK) => Error::Unavailable(format!(
+            "{display} is {}, not a socket; are the VM's name and --socket-dir (or --socket) right?",
+            not_a_socket(path).unwrap_or("not a socket")
+        )),
         Some(Errno::ECONNREFUSED) => Error::Unavailable(format!(
             "connection refused on {display}: nothing listens there (VM not running?)"
         )),
@@ -160,5 +179,22 @@ mod tests {
         assert!(retryable(&Errno::ENOENT.into()));
         assert!(retryable(&Errno::ECONNREFUSED.into()));
         assert!(!retryable(&Errno::EACCES.into()));
+        assert!(!retryable(&Errno::ENOTSOCK.into()));
+    }
+
+    #[test]
+    fn a_file_or_directory_at_the_socket_path_is_named_as_such() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("vm.agent");
+        std::fs::write(&file, "").unwrap();
+        for (path, what) in [
+            (file.as_path(), "a regular file"),
+            (tmp.path(), "a directory"),
+        ] {
+            let e = connect(path).unwrap_err();
+            assert_eq!(e.raw_os_error(), Some(Errno::ENOTSOCK as i32), "{path:?}");
+            let msg = connect_error(path, e).to_string();
+            assert!(msg.contains(&format!("is {what}, not a socket")), "{msg}");
+        }
     }
 }

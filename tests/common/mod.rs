@@ -124,7 +124,7 @@ impl Tree {
 
     pub fn fetch_with(&self, cache: &Path, ssh: &Path, opts: &[(&str, &str)]) -> Command {
         let mut c = self.cmd("fetch");
-        c.arg("--no-ack")
+        c.args(["--no-ack", "--fifo-stand-in"])
             .arg("--cache-dir")
             .arg(cache)
             .arg("--ssh-dir")
