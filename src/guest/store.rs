@@ -21,7 +21,7 @@ use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nix::errno::Errno;
 use nix::fcntl::{openat, renameat, AtFlags, Flock, FlockArg, OFlag};
@@ -30,8 +30,8 @@ use nix::unistd::{faccessat, unlinkat, AccessFlags, UnlinkatFlags};
 
 use crate::error::{Error, Result};
 use crate::files::{self, Refused};
+use crate::info;
 use crate::wire::{Message, MAX_MESSAGE};
-use crate::{deadline, info};
 
 pub const CMDLINE_FILE: &str = "cmdline";
 pub const AUTHORIZED_KEYS_FILE: &str = "authorized_keys";
@@ -46,7 +46,6 @@ pub const PARENT_DIR_MODE: u32 = 0o755;
 /// How long to wait for another run that is storing in the same directory:
 /// it takes milliseconds; this only keeps a stopped one from hanging us.
 const LOCK_WAIT: Duration = Duration::from_secs(30);
-const LOCK_RETRY: Duration = Duration::from_millis(20);
 
 /// Where the files go.
 #[derive(Debug, Clone)]
@@ -368,35 +367,33 @@ fn dir_error(dir: &Path, e: Errno) -> Error {
     }
 }
 
-/// Takes the directory's lock, waiting (in short sleeps, up to LOCK_WAIT)
-/// while another run holds it.
+/// Takes the directory's lock, waiting up to LOCK_WAIT while another run
+/// holds it. flock(2) has no timeout, so the blocking call runs on a thread
+/// and the wait for its answer has the deadline: asleep in the kernel, not
+/// retrying.
 fn lock(fd: OwnedFd, dir: &Path) -> Result<Flock<OwnedFd>> {
-    let until = deadline::in_(LOCK_WAIT);
-    let mut fd = fd;
-    let mut said = false;
-    loop {
-        match Flock::lock(fd, FlockArg::LockExclusiveNonblock) {
-            Ok(locked) => return Ok(locked),
-            Err((back, Errno::EWOULDBLOCK)) if Instant::now() < until => {
-                if !said {
-                    info!(
-                        "another process is storing in {}; waiting for it",
-                        dir.display()
-                    );
-                    said = true;
-                }
-                fd = back;
-                std::thread::sleep(LOCK_RETRY);
-            }
-            Err((_, Errno::EWOULDBLOCK)) => {
-                return Err(Error::Unavailable(format!(
-                    "{} stayed locked by another process for {} s",
-                    dir.display(),
-                    LOCK_WAIT.as_secs()
-                )))
-            }
-            Err((_, e)) => return Err(Error::io("cannot lock", dir, e.into())),
-        }
+    let fd = match Flock::lock(fd, FlockArg::LockExclusiveNonblock) {
+        Ok(locked) => return Ok(locked),
+        Err((back, Errno::EWOULDBLOCK)) => back,
+        Err((_, e)) => return Err(Error::io("cannot lock", dir, e.into())),
+    };
+    info!(
+        "another process is storing in {}; waiting for it",
+        dir.display()
+    );
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(Flock::lock(fd, FlockArg::LockExclusive).map_err(|(_, e)| e));
+    });
+    match rx.recv_timeout(LOCK_WAIT) {
+        Ok(Ok(locked)) => Ok(locked),
+        Ok(Err(e)) => Err(Error::io("cannot lock", dir, e.into())),
+        // The thread stays blocked in flock(); the process is about to exit.
+        Err(_) => Err(Error::Unavailable(format!(
+            "{} stayed locked by another process for {} s",
+            dir.display(),
+            LOCK_WAIT.as_secs()
+        ))),
     }
 }
 
