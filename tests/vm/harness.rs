@@ -77,7 +77,7 @@ pub struct Artifacts {
     pub kernel: PathBuf,
     pub initrd: PathBuf,
     pub kernel_package: String,
-    /// The static musl build in the initramfs, and its target triple.
+    /// The Rust target the initramfs's static binary was built for.
     pub rust_target: String,
     pub binary_size: u64,
 }
@@ -342,7 +342,7 @@ impl Guest {
             // The virt machine's default CPU (cortex-a15) is 32-bit only.
             // pauth-impdef: TCG computes pointer authentication with a
             // cheap implementation-defined hash instead of QARMA, which
-            // otherwise triples the guest's boot time here.
+            // made the guest three to four times slower to boot here.
             (Accel::Tcg, Arch::Aarch64) => {
                 cmd.args(["-accel", "tcg", "-cpu", "max,pauth-impdef=on"])
             }
