@@ -9,14 +9,24 @@ echo "== format and lints"
 cargo fmt --check
 cargo clippy --all-targets -- -D warnings
 
-echo "== static musl binary"
-cargo build --release --target x86_64-unknown-linux-musl
-bin=target/x86_64-unknown-linux-musl/release/vport-bootargs
-if ! file "$bin" | grep -q 'statically linked\|static-pie linked'; then
-    echo "$bin is not static: $(file "$bin")" >&2
-    exit 1
-fi
-echo "$bin: $(stat -c %s "$bin") bytes, static"
+echo "== static musl binaries"
+# Each as rust-target-cpu:what file(1) calls that machine. x86_64 links as
+# static-pie, aarch64 as a plain static executable (the Rust targets'
+# defaults).
+for arch in x86_64:x86-64 aarch64:'ARM aarch64'; do
+    bin=target/${arch%%:*}-unknown-linux-musl/release/vport-bootargs
+    cargo build --release --target "${arch%%:*}-unknown-linux-musl"
+    what=$(file -b "$bin")
+    case $what in
+        *"${arch#*:}"*) ;;
+        *) echo "$bin is not ${arch#*:}: $what" >&2; exit 1 ;;
+    esac
+    if ! echo "$what" | grep -q 'statically linked\|static-pie linked'; then
+        echo "$bin is not static: $what" >&2
+        exit 1
+    fi
+    echo "$bin: $(stat -c %s "$bin") bytes, static"
+done
 
 echo "== tests: unit, fake trees, send, hostile input (plain cargo test)"
 cargo test
@@ -33,6 +43,11 @@ cargo test --test vm -- --ignored
 
 echo "== Debian image with the package and its unit"
 cargo test --test image -- --ignored
+
+echo "== arm64: the package, and the scenarios in QEMU aarch64 guests"
+cargo test --test package_arm64 -- --ignored
+cargo test --test vm_arm64 -- --ignored
+cat target/vm-aarch64/report.txt
 
 echo "== fuzzing"
 tests/fuzz.sh

@@ -45,10 +45,16 @@ fn boot(cfg: Config) -> Guest {
     static MACHINE: OnceLock<()> = OnceLock::new();
     let guest = Guest::start(&cfg);
     MACHINE.get_or_init(|| {
-        let art = harness::artifacts();
+        let art = harness::artifacts(guest.arch);
         report::record(
             "01-machine",
-            &report::machine(guest.accel.name(), art.binary_size, &art.kernel_package),
+            &report::machine(
+                guest.arch.qemu(),
+                guest.accel.name(),
+                &art.rust_target,
+                art.binary_size,
+                &art.kernel_package,
+            ),
         );
     });
     guest

@@ -1,7 +1,8 @@
 //! The VM tests' host side: prepares the kernel and initramfs (prepare.sh),
-//! boots a QEMU guest with two virtio-serial ports on unix sockets, and
-//! collects what the guest prints on its serial console and what QMP says
-//! about the ports (VSERPORT_CHANGE: the guest opened or closed a port).
+//! boots a QEMU guest (x86_64 or aarch64) with two virtio-serial ports on
+//! unix sockets, and collects what the guest prints on its serial console
+//! and what QMP says about the ports (VSERPORT_CHANGE: the guest opened or
+//! closed a port).
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -22,11 +23,62 @@ pub const GA_ID: &str = "ga";
 /// Generous: two TCG guests share two cores with whatever else runs.
 const GUEST_DEADLINE: Duration = Duration::from_secs(240);
 
+/// The guest's architecture: which QEMU, machine, kernel and static build.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arch {
+    /// `qemu-system-x86_64 -machine pc`, Debian's amd64 kernel.
+    X86_64,
+    /// `qemu-system-aarch64 -machine virt`, Debian's arm64 kernel.
+    #[allow(dead_code)] // booted by tests/vm_arm64.rs, not tests/vm.rs
+    Aarch64,
+}
+
+impl Arch {
+    /// The name prepare.sh takes, as in the Rust target triple.
+    pub fn name(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "x86_64",
+            Arch::Aarch64 => "aarch64",
+        }
+    }
+
+    pub fn qemu(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "qemu-system-x86_64",
+            Arch::Aarch64 => "qemu-system-aarch64",
+        }
+    }
+
+    /// Where prepare.sh puts this architecture's kernel, initramfs and
+    /// report, under the cargo target directory.
+    pub fn vm_dir(self) -> PathBuf {
+        match self {
+            Arch::X86_64 => target_dir().join("vm"),
+            Arch::Aarch64 => target_dir().join("vm-aarch64"),
+        }
+    }
+
+    /// The serial console: the PC's 16550 or the virt machine's PL011.
+    fn console(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "ttyS0",
+            Arch::Aarch64 => "ttyAMA0",
+        }
+    }
+
+    /// Whether this machine can run the guest under KVM at all.
+    fn is_host(self) -> bool {
+        self.name() == std::env::consts::ARCH
+    }
+}
+
 /// What prepare.sh made.
 pub struct Artifacts {
     pub kernel: PathBuf,
     pub initrd: PathBuf,
     pub kernel_package: String,
+    /// The Rust target the initramfs's static binary was built for.
+    pub rust_target: String,
     pub binary_size: u64,
 }
 
@@ -38,20 +90,31 @@ fn target_dir() -> PathBuf {
     }
 }
 
-/// Runs tests/vm/prepare.sh once per test process: it is quick when
-/// nothing changed, and picks up a changed binary or init script.
-pub fn artifacts() -> &'static Artifacts {
-    static ARTIFACTS: OnceLock<Artifacts> = OnceLock::new();
-    ARTIFACTS.get_or_init(|| {
+/// Runs tests/vm/prepare.sh once per test process and architecture: it is
+/// quick when nothing changed, and picks up a changed binary or init script.
+/// The first call also starts that architecture's report.
+pub fn artifacts(arch: Arch) -> &'static Artifacts {
+    static X86_64: OnceLock<Artifacts> = OnceLock::new();
+    static AARCH64: OnceLock<Artifacts> = OnceLock::new();
+    let once = match arch {
+        Arch::X86_64 => &X86_64,
+        Arch::Aarch64 => &AARCH64,
+    };
+    once.get_or_init(|| {
         let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
         let status = Command::new("sh")
             .arg(repo.join("tests/vm/prepare.sh"))
+            .arg(arch.name())
             .env("CARGO_TARGET_DIR", target_dir())
             .stdin(Stdio::null())
             .status()
             .expect("cannot run tests/vm/prepare.sh");
-        assert!(status.success(), "tests/vm/prepare.sh failed: {status}");
-        let dir = target_dir().join("vm");
+        assert!(
+            status.success(),
+            "tests/vm/prepare.sh {} failed: {status}",
+            arch.name()
+        );
+        let dir = arch.vm_dir();
         let manifest =
             std::fs::read_to_string(dir.join("manifest")).expect("prepare.sh left no manifest");
         let kv: BTreeMap<&str, &str> = manifest.lines().filter_map(|l| l.split_once('=')).collect();
@@ -61,10 +124,12 @@ pub fn artifacts() -> &'static Artifacts {
                 .to_string()
         };
         crate::report::reset(&dir);
+        assert_eq!(get("arch"), arch.name(), "manifest of another architecture");
         Artifacts {
             kernel: get("kernel").into(),
             initrd: get("initrd").into(),
             kernel_package: get("kernel_package"),
+            rust_target: get("rust_target"),
             binary_size: get("binary_size").parse().expect("binary_size"),
         }
     })
@@ -85,23 +150,27 @@ impl Accel {
     }
 }
 
-/// VB_ACCEL=kvm|tcg forces the accelerator; unset or `auto` boots a probe
-/// guest under KVM and uses it only if that guest reaches its init in time
-/// (on some machines /dev/kvm exists but guests hang).
-pub fn accel() -> Accel {
+/// A guest of another architecture than the host's runs under TCG.
+/// Otherwise VB_ACCEL=kvm|tcg forces the accelerator; unset or `auto` boots
+/// a probe guest under KVM and uses it only if that guest reaches its init
+/// in time (on some machines /dev/kvm exists but guests hang).
+pub fn accel(arch: Arch) -> Accel {
     static ACCEL: OnceLock<Accel> = OnceLock::new();
+    if !arch.is_host() {
+        return Accel::Tcg;
+    }
     *ACCEL.get_or_init(|| {
         let wanted = std::env::var("VB_ACCEL").unwrap_or_else(|_| "auto".into());
         match wanted.as_str() {
             "kvm" => Accel::Kvm,
             "tcg" => Accel::Tcg,
-            "auto" | "" => probe_kvm(),
+            "auto" | "" => probe_kvm(arch),
             other => panic!("VB_ACCEL={other}: use kvm, tcg or auto"),
         }
     })
 }
 
-fn probe_kvm() -> Accel {
+fn probe_kvm(arch: Arch) -> Accel {
     let usable = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -112,6 +181,7 @@ fn probe_kvm() -> Accel {
     }
     let cfg = Config {
         scenario: "probe",
+        arch,
         ..Config::default()
     };
     // Under KVM this guest is at its init within a second or two.
@@ -152,6 +222,7 @@ pub enum Order {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub scenario: &'static str,
+    pub arch: Arch,
     pub order: Order,
     pub fetch_args: Vec<String>,
     pub runs: u32,
@@ -167,6 +238,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             scenario: "default",
+            arch: Arch::X86_64,
             order: Order::GuestAgentFirst,
             fetch_args: vec!["--timeout".into(), "90".into()],
             runs: 1,
@@ -182,7 +254,8 @@ impl Default for Config {
 impl Config {
     fn append(&self) -> String {
         let mut a = format!(
-            "console=ttyS0 quiet loglevel=3 panic=-1 vbscenario={}",
+            "console={} quiet loglevel=3 panic=-1 vbscenario={}",
+            self.arch.console(),
             self.scenario
         );
         if !self.fetch_args.is_empty() {
@@ -234,17 +307,18 @@ pub struct Guest {
     shared: Arc<Shared>,
     dir: tempfile::TempDir,
     pub started: Instant,
+    pub arch: Arch,
     pub accel: Accel,
 }
 
 impl Guest {
     /// Starts a guest; one that QEMU cannot start fails the test.
     pub fn start(cfg: &Config) -> Guest {
-        Guest::start_with(cfg, accel()).unwrap_or_else(|e| panic!("{e}"))
+        Guest::start_with(cfg, accel(cfg.arch)).unwrap_or_else(|e| panic!("{e}"))
     }
 
     fn start_with(cfg: &Config, accel: Accel) -> Result<Guest, String> {
-        let art = artifacts();
+        let art = artifacts(cfg.arch);
         let dir = tempfile::Builder::new()
             .prefix("vb-vm-")
             .tempdir()
@@ -254,13 +328,24 @@ impl Guest {
             Order::GuestAgentFirst => [(GA_ID, GA_NAME), (VPORT_ID, VPORT_NAME)],
             Order::VportFirst => [(VPORT_ID, VPORT_NAME), (GA_ID, GA_NAME)],
         };
-        let mut cmd = Command::new("qemu-system-x86_64");
-        cmd.args(["-machine", "pc", "-m", "256", "-smp", "1"])
+        let mut cmd = Command::new(cfg.arch.qemu());
+        let machine = match cfg.arch {
+            Arch::X86_64 => "pc",
+            Arch::Aarch64 => "virt",
+        };
+        cmd.args(["-machine", machine, "-m", "256", "-smp", "1"])
             .args(["-nodefaults", "-no-user-config", "-no-reboot"])
             .args(["-display", "none", "-monitor", "none", "-serial", "stdio"]);
-        match accel {
-            Accel::Kvm => cmd.args(["-accel", "kvm", "-cpu", "host"]),
-            Accel::Tcg => cmd.args(["-accel", "tcg"]),
+        match (accel, cfg.arch) {
+            (Accel::Kvm, _) => cmd.args(["-accel", "kvm", "-cpu", "host"]),
+            (Accel::Tcg, Arch::X86_64) => cmd.args(["-accel", "tcg"]),
+            // The virt machine's default CPU (cortex-a15) is 32-bit only.
+            // pauth-impdef: TCG computes pointer authentication with a
+            // cheap implementation-defined hash instead of QARMA, which
+            // made the guest three to four times slower to boot here.
+            (Accel::Tcg, Arch::Aarch64) => {
+                cmd.args(["-accel", "tcg", "-cpu", "max,pauth-impdef=on"])
+            }
         };
         cmd.arg("-kernel")
             .arg(&art.kernel)
@@ -282,7 +367,9 @@ impl Guest {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("cannot start qemu-system-x86_64");
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", cfg.arch.qemu()));
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
             changed: Condvar::new(),
@@ -299,6 +386,7 @@ impl Guest {
                 shared,
                 dir,
                 started,
+                arch: cfg.arch,
                 accel,
             }),
             Err(e) => {

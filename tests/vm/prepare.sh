@@ -1,27 +1,58 @@
 #!/bin/sh
-# Prepares what the VM tests (tests/vm.rs) boot, under $CARGO_TARGET_DIR/vm
-# (default target/vm):
+# Prepares what the VM tests boot, for one guest architecture:
+#
+#   tests/vm/prepare.sh [x86_64|aarch64]      (default x86_64)
+#
+# x86_64 is for tests/vm.rs, under $CARGO_TARGET_DIR/vm (default target/vm);
+# aarch64 for tests/vm_arm64.rs, under $CARGO_TARGET_DIR/vm-aarch64:
 #   vmlinuz, modules/    Debian bookworm's kernel and its virtio modules,
-#                        from the linux-image-amd64 package (downloaded and
-#                        unpacked, never installed on the host);
-#   initramfs.gz         busybox-static, those modules, the static musl
-#                        build of vport-bootargs and tests/vm/init;
+#                        from linux-image-amd64 or linux-image-arm64
+#                        (downloaded and unpacked, never installed);
+#   initramfs.gz         busybox-static (the arm64 one downloaded the same
+#                        way), those modules, the static musl build of
+#                        vport-bootargs for that architecture and
+#                        tests/vm/init;
 #   manifest             key=value lines the harness reads.
 # Run it again at will: the kernel is kept while the package stays the same,
 # the binary is rebuilt by cargo when the source changed, and the initramfs
 # is rebuilt when anything in it changed.
-# Host packages it needs are installed when missing (as root):
-# qemu-system-x86 busybox-static cpio (and dpkg, apt, gzip, which Debian has).
+# Host packages it needs are installed when missing (as root): qemu-system-x86
+# or qemu-system-arm, busybox-static, cpio (and dpkg, apt, gzip, which Debian
+# has); for aarch64 also dpkg's arm64 architecture, for apt-get download.
 set -eu
 
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 target=${CARGO_TARGET_DIR:-$repo/target}
 case $target in /*) ;; *) target=$repo/$target ;; esac
-out=$target/vm
-musl=x86_64-unknown-linux-musl
+arch=${1:-x86_64}
 # Load order: each module's depends= must come before it (checked below).
-modules="virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_console"
+case $arch in
+    x86_64)
+        out=$target/vm
+        debarch=amd64
+        qemu=qemu-system-x86_64
+        qemupkg=qemu-system-x86
+        modules="virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_console"
+        ;;
+    aarch64)
+        out=$target/vm-aarch64
+        debarch=arm64
+        qemu=qemu-system-aarch64
+        qemupkg=qemu-system-arm
+        # Debian's arm64 kernel has virtio and virtio_ring built in.
+        modules="virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_console"
+        ;;
+    *)
+        echo "vm/prepare: error: unknown architecture $arch (x86_64 or aarch64)" >&2
+        exit 1
+        ;;
+esac
+musl=$arch-unknown-linux-musl
+# The guest's busybox is the host's own when the architectures match;
+# otherwise busybox-static:$debarch, downloaded like the kernel.
+native=
+[ "$(dpkg --print-architecture)" = "$debarch" ] && native=1
 
 say() { echo "vm/prepare: $*" >&2; }
 die() { say "error: $*"; exit 1; }
@@ -33,7 +64,7 @@ flock 9
 
 # --- host packages --------------------------------------------------------
 missing=
-command -v qemu-system-x86_64 >/dev/null || missing="$missing qemu-system-x86"
+command -v "$qemu" >/dev/null || missing="$missing $qemupkg"
 # The guest needs the static busybox; Debian's plain `busybox` is dynamic.
 dpkg-query -W -f '${Status}' busybox-static 2>/dev/null | grep -q 'ok installed' ||
     missing="$missing busybox-static"
@@ -44,11 +75,18 @@ if [ -n "$missing" ]; then
     apt-get update -q >&2
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $missing >&2
 fi
+if [ -z "$native" ] && ! dpkg --print-foreign-architectures | grep -qx "$debarch"; then
+    [ "$(id -u)" = 0 ] || die "dpkg does not know $debarch packages (dpkg --add-architecture $debarch; apt-get update)"
+    say "adding dpkg architecture $debarch"
+    dpkg --add-architecture "$debarch"
+    apt-get update -q >&2
+fi
 
 # --- kernel ---------------------------------------------------------------
+# apt-cache names a foreign package with its architecture (:arm64).
 kpkg() {
-    apt-cache depends linux-image-amd64 2>/dev/null |
-        sed -n 's/^ *Depends: \(linux-image-[0-9][^ ]*-amd64\)$/\1/p' | head -n 1
+    apt-cache depends "linux-image-$debarch:$debarch" 2>/dev/null |
+        sed -n "s/^ *Depends: \\(linux-image-[0-9][^ ]*-$debarch\\)\\(:$debarch\\)\\{0,1\\}\$/\\1/p" | head -n 1
 }
 pkg=$(kpkg)
 if [ -z "$pkg" ] && [ "$(id -u)" = 0 ]; then
@@ -57,16 +95,16 @@ if [ -z "$pkg" ] && [ "$(id -u)" = 0 ]; then
 fi
 if [ -z "$pkg" ] && [ -f "$out/kernel.pkg" ]; then
     pkg=$(cat "$out/kernel.pkg")
-    say "apt-cache cannot resolve linux-image-amd64; using the cached $pkg"
+    say "apt-cache cannot resolve linux-image-$debarch; using the cached $pkg"
 fi
-[ -n "$pkg" ] || die "cannot resolve linux-image-amd64 with apt-cache (run apt-get update)"
+[ -n "$pkg" ] || die "cannot resolve linux-image-$debarch with apt-cache (run apt-get update)"
 
 if [ "$(cat "$out/kernel.pkg" 2>/dev/null)" != "$pkg" ] || [ ! -f "$out/vmlinuz" ]; then
     say "fetching $pkg"
     rm -rf "$out/dl" "$out/modules" "$out/vmlinuz" "$out/kernel.pkg"
     mkdir -p "$out/dl/root"
     # apt-get download as root warns that _apt cannot write here; harmless.
-    (cd "$out/dl" && apt-get download -q "$pkg" >&2)
+    (cd "$out/dl" && apt-get download -q "$pkg:$debarch" >&2)
     dpkg-deb -x "$out"/dl/"$pkg"_*.deb "$out/dl/root"
     kver=${pkg#linux-image-}
     cp "$out/dl/root/boot/vmlinuz-$kver" "$out/vmlinuz"
@@ -98,7 +136,8 @@ done
 
 # --- the static binary ----------------------------------------------------
 # A pure-Rust crate: rustup's musl target links with its own self-contained
-# crt and libc, so musl-tools is not needed.
+# crt and libc, so musl-tools is not needed (aarch64 links with rust-lld,
+# see .cargo/config.toml).
 rustup target list --installed 2>/dev/null | grep -qx "$musl" ||
     die "rust target $musl is missing: rustup target add $musl"
 say "building the static binary ($musl, release)"
@@ -106,8 +145,27 @@ say "building the static binary ($musl, release)"
 bin=$target/$musl/release/vport-bootargs
 [ -x "$bin" ] || die "no binary at $bin"
 
+# --- busybox --------------------------------------------------------------
+if [ -n "$native" ]; then
+    busybox=$(command -v busybox) || die "busybox not found"
+else
+    bbver=$(apt-cache policy "busybox-static:$debarch" 2>/dev/null | sed -n 's/^ *Candidate: //p')
+    [ -n "$bbver" ] && [ "$bbver" != "(none)" ] ||
+        die "cannot resolve busybox-static:$debarch with apt-cache (run apt-get update)"
+    if [ "$(cat "$out/busybox.version" 2>/dev/null)" != "$bbver" ] || [ ! -f "$out/busybox" ]; then
+        say "fetching busybox-static:$debarch $bbver"
+        rm -rf "$out/dl" "$out/busybox" "$out/busybox.version"
+        mkdir -p "$out/dl/root"
+        (cd "$out/dl" && apt-get download -q "busybox-static:$debarch=$bbver" >&2)
+        dpkg-deb -x "$out"/dl/busybox-static_*.deb "$out/dl/root"
+        cp "$out/dl/root/bin/busybox" "$out/busybox"
+        rm -rf "$out/dl"
+        echo "$bbver" >"$out/busybox.version"
+    fi
+    busybox=$out/busybox
+fi
+
 # --- initramfs ------------------------------------------------------------
-busybox=$(command -v busybox) || die "busybox not found"
 key=$(cat "$here/init" "$bin" "$busybox" "$out"/modules/*.ko | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$out/initramfs.key" 2>/dev/null)" != "$key" ] || [ ! -f "$out/initramfs.gz" ]; then
     say "building the initramfs"
@@ -116,9 +174,15 @@ if [ "$(cat "$out/initramfs.key" 2>/dev/null)" != "$key" ] || [ ! -f "$out/initr
     mkdir -p "$stage/bin" "$stage/lib/modules" "$stage/dev" "$stage/proc" "$stage/sys" \
         "$stage/tmp" "$stage/root" "$stage/var"
     cp "$busybox" "$stage/bin/busybox"
-    for applet in $("$busybox" --list); do
-        [ -e "$stage/bin/$applet" ] || ln -s busybox "$stage/bin/$applet"
-    done
+    if [ -n "$native" ]; then
+        for applet in $("$busybox" --list); do
+            [ -e "$stage/bin/$applet" ] || ln -s busybox "$stage/bin/$applet"
+        done
+    else
+        # It cannot run here to list its applets: the guest's init makes
+        # the links itself (busybox --install).
+        ln -s busybox "$stage/bin/sh"
+    fi
     cp "$bin" "$stage/bin/vport-bootargs"
     cp "$out"/modules/*.ko "$stage/lib/modules/"
     echo "$modules" >"$stage/lib/modules/order"
@@ -131,6 +195,9 @@ if [ "$(cat "$out/initramfs.key" 2>/dev/null)" != "$key" ] || [ ! -f "$out/initr
 fi
 
 cat >"$out/manifest.new" <<EOF
+arch=$arch
+qemu=$qemu
+rust_target=$musl
 kernel=$out/vmlinuz
 initrd=$out/initramfs.gz
 kernel_package=$pkg

@@ -1,6 +1,7 @@
 //! The figures the VM tests measure: printed as they come (straight to
 //! stderr, so cargo's output capture does not hide them) and gathered in
-//! <target>/vm/report.txt. Reported, never asserted.
+//! <target>/vm/report.txt (x86_64 guests) or <target>/vm-aarch64/report.txt
+//! (aarch64 guests). Reported, never asserted.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -46,8 +47,14 @@ pub fn record(section: &str, lines: &[String]) {
     std::fs::write(dir.join("report.txt"), all).expect("report.txt");
 }
 
-/// The machine the figures come from.
-pub fn machine(accel: &str, binary_size: u64, kernel_package: &str) -> Vec<String> {
+/// The machine the figures come from, and what the guests ran.
+pub fn machine(
+    qemu: &str,
+    accel: &str,
+    rust_target: &str,
+    binary_size: u64,
+    kernel_package: &str,
+) -> Vec<String> {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|c| {
@@ -58,7 +65,7 @@ pub fn machine(accel: &str, binary_size: u64, kernel_package: &str) -> Vec<Strin
         })
         .unwrap_or_else(|| "unknown".into());
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let qemu = std::process::Command::new("qemu-system-x86_64")
+    let version = std::process::Command::new(qemu)
         .arg("--version")
         .output()
         .ok()
@@ -71,8 +78,8 @@ pub fn machine(accel: &str, binary_size: u64, kernel_package: &str) -> Vec<Strin
         .unwrap_or_default();
     vec![
         format!("machine: {cores} cores, {cpu}; accelerator {accel}"),
-        format!("qemu: {qemu}; guest kernel {kernel_package}"),
-        format!("static binary (x86_64-unknown-linux-musl, release): {binary_size} bytes"),
+        format!("qemu: {version}; guest kernel {kernel_package}"),
+        format!("static binary ({rust_target}, release): {binary_size} bytes"),
     ]
 }
 
