@@ -21,5 +21,10 @@ echo "$bin: $(stat -c %s "$bin") bytes, static"
 echo "== tests: unit, fake trees, send, hostile input, QEMU guests, Debian image"
 cargo test
 
+echo "== libvirt: the image as CloudStack's KVM agent runs it"
+# The tests start libvirtd themselves and boot their domains side by side in
+# one shared run; two test threads are enough to wait on it.
+cargo test --test libvirt -- --ignored --test-threads=2
+
 echo "== fuzzing"
 tests/fuzz.sh
