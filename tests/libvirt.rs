@@ -235,15 +235,27 @@ impl Libvirt {
         Libvirt { children }
     }
 
-    /// Destroys every domain of ours, then stops the daemons started here
-    /// (SIGTERM, then SIGKILL after 20 s).
+    /// Destroys every domain of ours, then stops the daemons started here.
+    ///
+    /// SIGTERM, so that they clean up, unless another daemon of the same
+    /// kind has bound the same socket path since (someone else's test run
+    /// on a shared machine): ours would unlink the path the other one now
+    /// serves, so it gets SIGKILL instead. SIGKILL too after 20 s.
     fn stop(&mut self) -> Daemons {
         destroy_ours();
         let started_here = !self.children.is_empty();
         let mut left_running = Vec::new();
         for (name, child) in self.children.iter_mut().rev() {
+            let socket = format!("/run/libvirt/{name}-sock");
+            let socket = socket.replace("libvirtd-sock", "libvirt-sock");
+            let signal = if shared_with_another(&socket, child.id()) {
+                eprintln!("another {name} listens on {socket} too; SIGKILL for ours");
+                "-KILL"
+            } else {
+                "-TERM"
+            };
             let _ = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
+                .args([signal, &child.id().to_string()])
                 .status();
             let deadline = Instant::now() + Duration::from_secs(20);
             loop {
@@ -261,12 +273,41 @@ impl Libvirt {
             }
         }
         self.children.clear();
+        // QEMU outlives libvirtd by design; whatever `virsh destroy` did not
+        // end is reported, then killed.
+        let domains_left = qemu_processes_of_ours();
+        for (pid, _) in &domains_left {
+            let _ = Command::new("kill").args(["-KILL", pid]).status();
+        }
         Daemons {
             started_here,
             left_running,
-            domains_left: qemu_processes_of_ours(),
+            domains_left: domains_left.into_iter().map(|(_, c)| c).collect(),
         }
     }
+}
+
+/// Whether a unix socket other than `pid`'s own is bound to `path`.
+/// /proc/net/unix keeps a socket's path after the file is unlinked, so a
+/// second daemon that took the path over shows as a second entry.
+fn shared_with_another(path: &str, pid: u32) -> bool {
+    let ours: Vec<String> = fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| fs::read_link(e.path()).ok())
+                .filter_map(|l| {
+                    let l = l.to_string_lossy().into_owned();
+                    Some(l.strip_prefix("socket:[")?.strip_suffix(']')?.to_owned())
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    fs::read_to_string("/proc/net/unix")
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.split_whitespace().nth(7) == Some(path))
+        .filter_map(|l| l.split_whitespace().nth(6))
+        .any(|inode| !ours.iter().any(|o| o == inode))
 }
 
 impl Drop for Libvirt {
@@ -295,23 +336,17 @@ fn destroy_ours() {
     }
 }
 
-/// QEMU processes whose command line names one of our domains.
-fn qemu_processes_of_ours() -> Vec<String> {
+/// QEMU processes running one of our disks (under target/libvirt of this
+/// checkout): pid and command line.
+fn qemu_processes_of_ours() -> Vec<(String, String)> {
     let mut found = Vec::new();
     for entry in fs::read_dir("/proc").unwrap().flatten() {
         let Ok(cmdline) = fs::read(entry.path().join("cmdline")) else {
             continue;
         };
         let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        if cmdline.contains("qemu-system")
-            && OURS
-                .iter()
-                .any(|vm| cmdline.contains(&format!("guest={vm},")))
-        {
-            found.push(format!(
-                "{}: {cmdline}",
-                entry.file_name().to_string_lossy()
-            ));
+        if cmdline.contains("qemu-system") && cmdline.contains(work().to_str().unwrap()) {
+            found.push((entry.file_name().to_string_lossy().into_owned(), cmdline));
         }
     }
     found
