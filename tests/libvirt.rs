@@ -189,6 +189,35 @@ struct Daemons {
 
 struct Libvirt {
     children: Vec<(&'static str, Child)>,
+    /// Held from before the start to after the stop (dropped last).
+    _lock: nix::fcntl::Flock<fs::File>,
+}
+
+/// libvirtd is one per machine: a second one takes the first one's socket
+/// path over, and on start it adopts the domains the first one runs. So one
+/// run at a time per machine holds this lock; other suites that start
+/// libvirtd should take it too.
+const MACHINE_LOCK: &str = "/run/lock/vport-bootargs-libvirt.lock";
+
+fn machine_lock() -> nix::fcntl::Flock<fs::File> {
+    use nix::fcntl::{Flock, FlockArg};
+    fs::create_dir_all("/run/lock").unwrap();
+    let open = || {
+        fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(MACHINE_LOCK)
+            .unwrap_or_else(|e| panic!("cannot open {MACHINE_LOCK}: {e}"))
+    };
+    match Flock::lock(open(), FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => lock,
+        Err((file, _)) => {
+            eprintln!("another libvirt run holds {MACHINE_LOCK}; waiting for it");
+            Flock::lock(file, FlockArg::LockExclusive)
+                .unwrap_or_else(|(_, e)| panic!("cannot lock {MACHINE_LOCK}: {e}"))
+        }
+    }
 }
 
 impl Libvirt {
@@ -196,17 +225,24 @@ impl Libvirt {
     /// without systemd: as root, QEMU running as root with no security
     /// driver (there is no AppArmor or SELinux here).
     fn start(work: &Path) -> Libvirt {
+        let lock = machine_lock();
         // Domains an earlier, interrupted run may have left.
         if virsh_answers() {
             destroy_ours();
             return Libvirt {
                 children: Vec::new(),
+                _lock: lock,
             };
         }
         prepare_host();
         let logs = work.join("daemons");
         fs::create_dir_all(&logs).unwrap();
-        let mut children = Vec::new();
+        // Built first, so that a failure below stops what was started.
+        let mut libvirt = Libvirt {
+            children: Vec::new(),
+            _lock: lock,
+        };
+        let children = &mut libvirt.children;
         for (name, socket) in [
             ("virtlogd", "/run/libvirt/virtlogd-sock"),
             ("libvirtd", "/run/libvirt/libvirt-sock"),
@@ -220,7 +256,9 @@ impl Libvirt {
                 .unwrap_or_else(|e| panic!("cannot start {name}: {e} (is libvirt installed?)"));
             children.push((name, child));
             let deadline = Instant::now() + Duration::from_secs(30);
-            while !Path::new(socket).exists() || (name == "libvirtd" && !virsh_answers()) {
+            // A socket file can be left from a daemon killed earlier: wait
+            // until ours answers on it.
+            while UnixStream::connect(socket).is_err() || (name == "libvirtd" && !virsh_answers()) {
                 if let Some(status) = children.last_mut().unwrap().1.try_wait().unwrap() {
                     panic!(
                         "{name} exited ({status}) instead of starting; its log:\n{}",
@@ -235,7 +273,7 @@ impl Libvirt {
                 thread::sleep(Duration::from_millis(100));
             }
         }
-        Libvirt { children }
+        libvirt
     }
 
     /// Destroys every domain of ours, then stops the daemons started here.
