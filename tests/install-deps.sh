@@ -13,7 +13,8 @@ DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
     ca-certificates build-essential file git dash util-linux \
     qemu-system-x86 qemu-system-arm busybox-static cpio strace \
     mmdebstrap e2fsprogs debhelper dpkg-dev fakeroot lintian systemd \
-    binutils-aarch64-linux-gnu
+    binutils-aarch64-linux-gnu \
+    libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
 
 rustup component add rustfmt clippy
 rustup target add x86_64-unknown-linux-musl aarch64-unknown-linux-musl

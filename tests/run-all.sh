@@ -49,5 +49,10 @@ cargo test --test package_arm64 -- --ignored
 cargo test --test vm_arm64 -- --ignored
 cat target/vm-aarch64/report.txt
 
+echo "== libvirt: the image as CloudStack's KVM agent runs it"
+# The tests start libvirtd themselves and boot their domains side by side in
+# one shared run; two test threads are enough to wait on it.
+cargo test --test libvirt -- --ignored --test-threads=2
+
 echo "== fuzzing"
 tests/fuzz.sh

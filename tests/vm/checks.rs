@@ -10,7 +10,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use crate::harness::{Entry, Guest, Outcome, Run, GA_ID, VPORT_ID};
-use vport_bootargs::protocol::sha256_hex;
+use vport_bootargs::wire::digest_hex as sha256_hex;
 
 pub const PUBKEY: &str =
     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHZtLXRlc3Qta2V5LWZvci12cG9ydC1ib290YXJncw vm-test@host";
