@@ -92,8 +92,19 @@ pub enum Error {
         problem: String,
     },
 
-    #[error("no socket at {path}: is the VM running, and are its name and --socket-dir right?")]
+    #[error(
+        "no socket at {path}: the VM is not running on this host (libvirt removes a domain's channel sockets when it stops), or its name or --socket-dir is wrong"
+    )]
     NoSocket { path: PathBuf },
+
+    #[error(
+        "no socket at {path}: VM {vm} is running but has no {vm}.vport channel (only the guest agent's, {agent}); CloudStack 4.11.3 and later pass the parameters through the guest agent"
+    )]
+    NoChannel {
+        path: PathBuf,
+        vm: String,
+        agent: PathBuf,
+    },
 
     #[error("permission denied on {path}: {source}")]
     NoPermission {
@@ -132,7 +143,7 @@ impl Error {
             Error::Usage(_) => exit::USAGE,
             Error::NoInput { .. } => exit::NOINPUT,
             Error::BadInput { .. } => exit::DATA,
-            Error::NoSocket { .. } => exit::NOHOST,
+            Error::NoSocket { .. } | Error::NoChannel { .. } => exit::NOHOST,
             Error::NoPermission { .. } => exit::NOPERM,
             Error::Protocol(_) => exit::PROTOCOL,
         }

@@ -209,7 +209,32 @@ fn missing_socket_is_exit_68_naming_it() {
     assert_eq!(out.status.code(), Some(68), "{}", stderr(&out));
     let err = stderr(&out);
     assert!(err.contains(&host.socket().display().to_string()), "{err}");
+    assert!(err.contains("not running"), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
+}
+
+/// CloudStack 4.11.3 and later define only the guest agent's channel: its
+/// socket is there, ours is not. `send` says so, and with --wait-ack does
+/// not wait for a channel that will never come (exit 68, not 69 at the
+/// deadline).
+#[test]
+fn vm_with_only_the_guest_agents_socket_has_no_vport_channel_exit_68() {
+    let host = Host::new();
+    let _agent = UnixListener::bind(host.path().join("s-1-VM.org.qemu.guest_agent.0")).unwrap();
+    for wait in [None, Some("60")] {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_vport-bootargs"));
+        c.args(["send", "-n", "s-1-VM", "--no-pubkey", "-p", CMDLINE])
+            .arg("--socket-dir")
+            .arg(host.path());
+        if let Some(secs) = wait {
+            c.args(["--wait-ack", secs]);
+        }
+        let out = c.output().unwrap();
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(68), "{wait:?}: {err}");
+        assert!(err.contains("no s-1-VM.vport channel"), "{err}");
+        assert!(err.contains(&host.socket().display().to_string()), "{err}");
+    }
 }
 
 #[test]

@@ -15,7 +15,8 @@ use crate::wire::{digest_hex, encode, Message, Reply, ReplyScanner};
 use crate::{deadline, debug, info, warn};
 
 use super::socket::{
-    connect, connect_error, dropped, not_yet, retryable, wait_for, write_before, write_error,
+    connect, connect_error, dropped, no_channel, not_yet, retryable, wait_for, write_before,
+    write_error,
 };
 
 /// Pause between connection attempts while waiting for an ack: short, since
@@ -146,7 +147,10 @@ fn send_until_acked(opts: &SendOptions, bytes: &[u8], wait: Duration) -> Result<
                     break;
                 }
             },
-            Err(e) if retryable(&e) => tries.ended(not_yet(&e), path, opts.retry),
+            // A VM running without the channel will not grow one: say so at once.
+            Err(e) if retryable(&e) && no_channel(path).is_none() => {
+                tries.ended(not_yet(&e), path, opts.retry)
+            }
             Err(e) => return Err(connect_error(path, e)),
         }
         let now = Instant::now();

@@ -58,7 +58,7 @@ pub(super) fn not_yet(e: &io::Error) -> String {
 
 fn not_yet_reason(e: &io::Error) -> Option<&'static str> {
     Some(match e.raw_os_error().map(Errno::from_raw)? {
-        Errno::ENOENT | Errno::ENOTDIR => "no socket there (VM not started yet?)",
+        Errno::ENOENT | Errno::ENOTDIR => "no socket there: the VM is not running (yet?)",
         Errno::ECONNREFUSED => "connection refused (nothing listening yet)",
         Errno::EAGAIN => "no more connections accepted now (another sender connected?)",
         Errno::ECONNRESET => "connection reset",
@@ -77,9 +77,9 @@ pub(super) fn dropped(e: &io::Error) -> bool {
 pub(super) fn connect_error(path: &Path, e: io::Error) -> Error {
     let display = path.display();
     match e.raw_os_error().map(Errno::from_raw) {
-        Some(Errno::ENOENT | Errno::ENOTDIR) => Error::NoSocket {
+        Some(Errno::ENOENT | Errno::ENOTDIR) => no_channel(path).unwrap_or(Error::NoSocket {
             path: path.to_owned(),
-        },
+        }),
         Some(Errno::EACCES | Errno::EPERM) => Error::NoPermission {
             path: path.to_owned(),
             source: e,
@@ -99,6 +99,23 @@ pub(super) fn connect_error(path: &Path, e: io::Error) -> Error {
         )),
         _ => Error::io("cannot connect to", path, e),
     }
+}
+
+/// For a missing `<dir>/<vm>.agent`: QEMU creates all of a domain's channel
+/// sockets when it starts and libvirt removes them when it stops, so the
+/// guest agent's socket `<dir>/<vm>.org.qemu.guest_agent.0` beside it means
+/// the VM runs without a `*.vport` channel (CloudStack 4.11.3 and later).
+/// Waiting would not help.
+pub(super) fn no_channel(path: &Path) -> Option<Error> {
+    use std::os::unix::fs::FileTypeExt;
+    let vm = path.file_name()?.to_str()?.strip_suffix(".agent")?;
+    let agent = path.with_file_name(format!("{vm}.org.qemu.guest_agent.0"));
+    let is_socket = agent.metadata().is_ok_and(|m| m.file_type().is_socket());
+    is_socket.then(|| Error::NoChannel {
+        path: path.to_owned(),
+        vm: vm.to_owned(),
+        agent,
+    })
 }
 
 pub(super) fn write_error(path: &Path, written: usize, total: usize, e: io::Error) -> Error {
@@ -180,6 +197,25 @@ mod tests {
         assert!(retryable(&Errno::ECONNREFUSED.into()));
         assert!(!retryable(&Errno::EACCES.into()));
         assert!(!retryable(&Errno::ENOTSOCK.into()));
+    }
+
+    #[test]
+    fn missing_vport_socket_beside_the_guest_agents_means_no_channel() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("s-4-VM.agent");
+        let e = connect_error(&path, Errno::ENOENT.into());
+        assert!(matches!(e, Error::NoSocket { .. }), "{e}");
+        assert!(e.to_string().contains("not running"), "{e}");
+        let agent = tmp.path().join("s-4-VM.org.qemu.guest_agent.0");
+        let _listener = std::os::unix::net::UnixListener::bind(&agent).unwrap();
+        let e = connect_error(&path, Errno::ENOENT.into());
+        assert_eq!(e.exit_code(), exit::NOHOST);
+        assert!(
+            e.to_string().contains("no s-4-VM.vport channel")
+                && e.to_string().contains(&*path.to_string_lossy()),
+            "{e}"
+        );
+        assert!(no_channel(&path).is_some());
     }
 
     #[test]
