@@ -7,7 +7,8 @@ apt-get update -q
 DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
     ca-certificates build-essential file git dash util-linux \
     qemu-system-x86 busybox-static cpio strace \
-    mmdebstrap e2fsprogs debhelper dpkg-dev fakeroot lintian systemd
+    mmdebstrap e2fsprogs debhelper dpkg-dev fakeroot lintian systemd \
+    libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
 
 rustup component add rustfmt clippy
 rustup target add x86_64-unknown-linux-musl

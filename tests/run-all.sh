@@ -30,5 +30,8 @@ cargo test --test vm -- --ignored
 echo "== Debian image with the package and its unit"
 cargo test --test image -- --ignored
 
+echo "== current CloudStack under libvirt: only the guest agent's channel"
+cargo test --test libvirt_qga -- --ignored
+
 echo "== fuzzing"
 tests/fuzz.sh
