@@ -720,7 +720,7 @@ fn a_start_without_a_resend_keeps_the_stored_file_after_the_grace_period() {
         "{}",
         boot.barrier_journal()
     );
-    assert!(boot.unit_runtime("vport-bootargs-barrier.service") >= Duration::from_secs(9));
+    assert!(boot.unit_runtime("vport-bootargs-barrier.service") >= Duration::from_secs(19));
 }
 
 #[test]
