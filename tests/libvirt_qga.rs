@@ -6,8 +6,9 @@
 //! a pause between the write and the close (qemu-ga writes through a stdio
 //! buffer, so until the close the guest can see a cut file).
 //!
-//! Run: `cargo test --test libvirt_qga -- --ignored` as root, with libvirtd
-//! (started here when it is not running; see tests/install-deps.sh), and the
+//! Run: `cargo test --test libvirt_qga -- --ignored` as root, with libvirt's
+//! packages installed (tests/install-deps.sh; the test starts a libvirtd of
+//! its own, in a mount namespace of its own), and the
 //! package and image of tests/image (built or taken from the cache under
 //! target/image). The guest's stand-ins for cloud-preinit (init.sh: start
 //! qemu-ga, poll `[ -s cmdline ]` once a second, read) and
@@ -40,7 +41,7 @@ use vport_bootargs::wire::digest_hex;
 /// From `virsh create` to the guest's `@@ done` (a boot is ~20 s under TCG
 /// on an idle machine; the package's fetch then waits 30 s for a *.vport
 /// port that never comes).
-const BOOT_LIMIT: Duration = Duration::from_secs(420);
+const BOOT_LIMIT: Duration = Duration::from_secs(900);
 /// patch.sh's pause between guest-file-write and guest-file-close is one
 /// `virsh` process; this one is long enough for init.sh's once-a-second poll
 /// to see the cut file.
@@ -227,11 +228,11 @@ fn boots() -> &'static Boots {
 
 fn run_boots() -> Boots {
     let started = Instant::now();
-    ensure_libvirtd();
     let images = image();
     let run = work();
     let _ = fs::remove_dir_all(&run);
     fs::create_dir_all(&run).unwrap();
+    let lv = Libvirtd::start(&run.join("libvirtd"));
     // QEMU's sockets: a short path, sun_path holds 108 bytes.
     let sockets = tempfile::Builder::new().prefix("vq").tempdir().unwrap();
     let sent: Vec<String> = [(2_000, "a"), (9_000, "b"), (70_000, "c")]
@@ -253,6 +254,7 @@ fn run_boots() -> Boots {
             .enumerate()
             {
                 boots.push(boot(
+                    &lv,
                     &images,
                     &disk,
                     sockets.path(),
@@ -263,6 +265,7 @@ fn run_boots() -> Boots {
                 ));
             }
             let reboot = boot(
+                &lv,
                 &images,
                 &disk,
                 sockets.path(),
@@ -279,6 +282,7 @@ fn run_boots() -> Boots {
                 let disk = run.join(format!("disk-masked{i}.raw"));
                 copy_sparse(&images.join("image.raw"), &disk);
                 masked.push(boot(
+                    &lv,
                     &images,
                     &disk,
                     sockets.path(),
@@ -292,6 +296,7 @@ fn run_boots() -> Boots {
             let disk = run.join("disk-silent.raw");
             copy_sparse(&images.join("image.raw"), &disk);
             let silent = boot(
+                &lv,
                 &images,
                 &disk,
                 sockets.path(),
@@ -316,36 +321,96 @@ fn run_boots() -> Boots {
     boots
 }
 
-/// libvirtd as on these machines (no systemd): started when `virsh` cannot
-/// reach it.
-fn ensure_libvirtd() {
-    let up = || {
-        Command::new("virsh")
-            .args(["-c", "qemu:///system", "uri"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+/// A libvirtd (and virtlogd) of this test's own, in a mount namespace of
+/// its own with fresh /run/libvirt, /var/lib/libvirt, /var/log/libvirt and
+/// /var/cache/libvirt: the machine's libvirtd, if any, is neither used nor
+/// disturbed, and a restart of it does not cut this test's consoles (which
+/// go through virtlogd). Stopped, by process id, when dropped.
+struct Libvirtd {
+    dir: PathBuf,
+    pid: u32,
+}
+
+impl Libvirtd {
+    fn start(dir: &Path) -> Self {
+        fs::create_dir_all(dir).unwrap();
+        // As on these machines without systemd: QEMU runs as root, no
+        // security driver (CONTEXT of the test machines; README).
+        let setup = r#"
+            getent group libvirt >/dev/null || groupadd -r libvirt
+            getent passwd libvirt-qemu >/dev/null || useradd -r -g libvirt libvirt-qemu
+            conf=/etc/libvirt/qemu.conf
+            grep -q '^user = "root"' $conf || printf 'user = "root"\ngroup = "root"\nsecurity_driver = "none"\n' >>$conf
+        "#;
+        let st = Command::new("sh").args(["-ec", setup]).status().unwrap();
+        assert!(st.success(), "cannot set up libvirt");
+        let daemons = r#"
+            for d in /run/libvirt /var/lib/libvirt /var/log/libvirt /var/cache/libvirt; do
+                mkdir -p $d
+                mount -t tmpfs -o mode=0755 tmpfs $d
+            done
+            mkdir -p /var/lib/libvirt/qemu /var/log/libvirt/qemu
+            virtlogd -d -p "$1/virtlogd.pid"
+            libvirtd -d -p "$1/libvirtd.pid"
+        "#;
+        let st = Command::new("unshare")
+            .args([
+                "--mount",
+                "--propagation",
+                "private",
+                "sh",
+                "-ec",
+                daemons,
+                "sh",
+            ])
+            .arg(dir)
             .status()
-            .is_ok_and(|s| s.success())
-    };
-    if up() {
-        return;
+            .unwrap();
+        assert!(st.success(), "cannot start a private libvirtd");
+        let until = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(pid) = read_pid(&dir.join("libvirtd.pid")) {
+                let d = Libvirtd {
+                    dir: dir.to_owned(),
+                    pid,
+                };
+                if d.virsh(&["uri"]).status.success() {
+                    return d;
+                }
+                std::mem::forget(d);
+            }
+            assert!(
+                Instant::now() < until,
+                "the private libvirtd does not answer"
+            );
+            thread::sleep(Duration::from_millis(200));
+        }
     }
-    let sh = r#"
-        getent group libvirt >/dev/null || groupadd -r libvirt
-        getent passwd libvirt-qemu >/dev/null || useradd -r -g libvirt libvirt-qemu
-        mkdir -p /var/log/libvirt /run/libvirt /var/lib/libvirt/qemu
-        conf=/etc/libvirt/qemu.conf
-        grep -q '^user = "root"' $conf || printf 'user = "root"\ngroup = "root"\nsecurity_driver = "none"\n' >>$conf
-        pgrep -x virtlogd >/dev/null || virtlogd -d
-        pgrep -x libvirtd >/dev/null || libvirtd -d
-    "#;
-    let st = Command::new("sh").args(["-ec", sh]).status().unwrap();
-    assert!(st.success(), "cannot start libvirtd");
-    let until = Instant::now() + Duration::from_secs(30);
-    while !up() {
-        assert!(Instant::now() < until, "libvirtd does not answer");
-        thread::sleep(Duration::from_millis(200));
+
+    fn virsh(&self, args: &[&str]) -> Output {
+        Command::new("nsenter")
+            .arg(format!("--target={}", self.pid))
+            .arg("--mount")
+            .args(["virsh", "-c", "qemu:///system"])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("cannot run virsh")
     }
+}
+
+impl Drop for Libvirtd {
+    fn drop(&mut self) {
+        for name in ["libvirtd.pid", "virtlogd.pid"] {
+            if let Some(pid) = read_pid(&self.dir.join(name)) {
+                let _ = Command::new("kill").arg(pid.to_string()).status();
+            }
+        }
+    }
+}
+
+fn read_pid(path: &Path) -> Option<u32> {
+    fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
 fn image() -> PathBuf {
@@ -377,17 +442,8 @@ fn copy_sparse(from: &Path, to: &Path) {
     assert!(st.success(), "cannot copy {}", from.display());
 }
 
-fn virsh(args: &[&str]) -> Output {
-    Command::new("virsh")
-        .args(["-c", "qemu:///system"])
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("cannot run virsh")
-}
-
-fn agent(vm: &str, json: &str) -> Result<String, String> {
-    let out = virsh(&["qemu-agent-command", vm, json]);
+fn agent(lv: &Libvirtd, vm: &str, json: &str) -> Result<String, String> {
+    let out = lv.virsh(&["qemu-agent-command", vm, json]);
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
     } else {
@@ -414,26 +470,28 @@ fn base64(bytes: &[u8]) -> String {
 
 /// patch.sh's sequence; returns the host's instant when guest-file-close
 /// returned.
-fn patch_sh(vm: &str, text: &str, until: Instant) -> Result<Instant, String> {
-    while agent(vm, r#"{"execute":"guest-ping"}"#).is_err() {
+fn patch_sh(lv: &Libvirtd, vm: &str, text: &str, until: Instant) -> Result<Instant, String> {
+    while agent(lv, vm, r#"{"execute":"guest-ping"}"#).is_err() {
         if Instant::now() > until {
             return Err("qemu-ga never answered guest-ping".into());
         }
         thread::sleep(Duration::from_millis(100));
     }
     let sync = r#"{"execute":"guest-sync","arguments":{"id":1234567890}}"#;
-    while agent(vm, sync).as_deref() != Ok(r#"{"return":1234567890}"#) {
+    while agent(lv, vm, sync).as_deref() != Ok(r#"{"return":1234567890}"#) {
         if Instant::now() > until {
             return Err("guest-sync never answered".into());
         }
         thread::sleep(Duration::from_millis(100));
     }
     let open = agent(
+        lv,
         vm,
         r#"{"execute":"guest-file-open","arguments":{"path":"/var/cache/cloud/cmdline","mode":"w+"}}"#,
     )?;
     let handle: String = open.chars().filter(char::is_ascii_digit).collect();
     agent(
+        lv,
         vm,
         &format!(
             r#"{{"execute":"guest-file-write","arguments":{{"handle":{handle},"buf-b64":"{}"}}}}"#,
@@ -442,6 +500,7 @@ fn patch_sh(vm: &str, text: &str, until: Instant) -> Result<Instant, String> {
     )?;
     thread::sleep(WRITE_CLOSE_PAUSE);
     agent(
+        lv,
         vm,
         &format!(r#"{{"execute":"guest-file-close","arguments":{{"handle":{handle}}}}}"#),
     )?;
@@ -498,6 +557,7 @@ impl Console {
 
 #[allow(clippy::too_many_arguments)]
 fn boot(
+    lv: &Libvirtd,
     images: &Path,
     disk: &Path,
     sockets: &Path,
@@ -533,7 +593,7 @@ fn boot(
     };
     let started = Instant::now();
     let until = started + BOOT_LIMIT;
-    let out = virsh(&["create", &xml_path.to_string_lossy()]);
+    let out = lv.virsh(&["create", &xml_path.to_string_lossy()]);
     if !out.status.success() {
         b.error = Some(format!(
             "virsh create failed: {}",
@@ -560,7 +620,7 @@ fn boot(
                 con.wait_for(needles, until)
                     .ok_or("the guest never said it waits for the cmdline")?;
             }
-            let closed = patch_sh(&vm, text, until)?;
+            let closed = patch_sh(lv, &vm, text, until)?;
             if !extra_cmdline.contains(MASK) {
                 if let Some(released) = con.wait_for(&["whole, fresh and valid"], until) {
                     b.close_to_release = released.checked_duration_since(closed);
@@ -582,7 +642,7 @@ fn boot(
         .collect();
     // A stop, as CloudStack's stopVirtualMachine ends it when the guest
     // does not shut down.
-    let _ = virsh(&["destroy", &vm]);
+    let _ = lv.virsh(&["destroy", &vm]);
     eprintln!(
         "libvirt_qga: boot {label}: {:.0?}{}",
         started.elapsed(),

@@ -128,6 +128,10 @@ enum Seen {
     Missing,
     /// A process holds it open for writing: what is there may be cut.
     Writing,
+    /// Not readable: qemu-ga creates the file with mode 0 and gives it its
+    /// mode only after (qga's safe_open_or_create), and this runs without
+    /// CAP_DAC_OVERRIDE; a file that stays so is refused at the deadline.
+    Unreadable,
     /// Closed, with this content; `fresh_mtime`: modified during this boot.
     Closed { content: Vec<u8>, fresh_mtime: bool },
     /// Not a regular file (a symlink, a directory, a fifo).
@@ -145,6 +149,7 @@ fn look(path: &Path, proc_root: &Path, boot: Option<SystemTime>) -> Result<Seen>
         Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
             return Ok(Seen::Unusable("is a symlink".into()))
         }
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => return Ok(Seen::Unreadable),
         Err(e) => return Err(Error::io("cannot open", path, e)),
     };
     let before = file
@@ -296,6 +301,15 @@ pub fn barrier(opts: &BarrierOptions) -> Result<Released> {
                     ),
                 );
             }
+            Seen::Unreadable if now >= overall => {
+                return reject(
+                    &path,
+                    &format!(
+                        "still cannot be read (permission denied) after {:?}",
+                        opts.timeout
+                    ),
+                );
+            }
             Seen::Missing if now >= overall => {
                 return Err(Error::Unavailable(format!(
                     "no cmdline arrived in {} within {:?} (the host writes it through qemu-ga); the boot goes on without it",
@@ -303,7 +317,7 @@ pub fn barrier(opts: &BarrierOptions) -> Result<Released> {
                     opts.timeout
                 )));
             }
-            Seen::Writing | Seen::Missing => {
+            Seen::Writing | Seen::Missing | Seen::Unreadable => {
                 if !said_waiting {
                     info!(
                         "waiting up to {:?} for the host to write {} through qemu-ga",
