@@ -246,8 +246,20 @@ pub fn barrier(opts: &BarrierOptions) -> Result<Released> {
     let mut closed_at: Option<Instant> = None;
     let mut said_stale = false;
     let mut said_waiting = false;
+    let mut just_closed = false;
     loop {
-        let seen = look(&path, &opts.proc_root, boot)?;
+        let mut seen = look(&path, &opts.proc_root, boot)?;
+        // fs/file_table.c __fput reports the close (fsnotify_close) before
+        // it drops the writer's count (put_file_access), so right after the
+        // event the file can still count as open for writing: look again a
+        // few times within ~60 ms before waiting for another event.
+        let mut pause = Duration::from_millis(1);
+        while just_closed && matches!(seen, Seen::Writing) && pause <= Duration::from_millis(32) {
+            std::thread::sleep(pause);
+            pause *= 2;
+            seen = look(&path, &opts.proc_root, boot)?;
+        }
+        just_closed = false;
         let now = Instant::now();
         let mut stale = false;
         match seen {
@@ -337,6 +349,7 @@ pub fn barrier(opts: &BarrierOptions) -> Result<Released> {
                 Event::Closed => {
                     debug!("a writer closed {}", path.display());
                     closed_at = Some(Instant::now());
+                    just_closed = true;
                 }
                 Event::Other => {}
                 Event::AgentOpened => {
