@@ -20,6 +20,14 @@ pub const SETTLE_SECS: f64 = 0.2;
 /// Interval of the safety-net rescan while waiting for a port.
 pub const RESCAN_MS: u16 = 500;
 
+/// `barrier` (hosts without a `*.vport` port, where qemu-ga writes the
+/// cmdline): seconds to wait for a fresh whole file, and, when a file from
+/// an earlier boot is there, seconds after qemu-ga opens its port before it
+/// is kept.
+pub const BARRIER_TIMEOUT_SECS: f64 = 180.0;
+pub const BARRIER_GRACE_SECS: f64 = 10.0;
+pub const PROC_ROOT: &str = "/proc";
+
 /// Host side (`send`), as CloudStack's patchviasocket.py has them.
 pub const SOCKET_DIR: &str = "/var/lib/libvirt/qemu";
 pub const PUBKEY_FILE: &str = "/root/.ssh/id_rsa.pub.cloud";

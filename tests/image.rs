@@ -748,3 +748,60 @@ fn assert_skipped(b: &Boot, virt: &str) {
         boots().first.file("/var/cache/cloud/cmdline")
     );
 }
+
+// ---- the guest agent's barrier, on hosts with a *.vport port ----
+
+#[test]
+#[ignore = "builds and boots a Debian image; run by tests/run-all.sh"]
+fn package_ships_the_barrier_unit() {
+    let out = Command::new("dpkg-deb")
+        .arg("-c")
+        .arg(&package().deb)
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        listing
+            .lines()
+            .any(|l| l.ends_with(" ./lib/systemd/system/vport-bootargs-barrier.service")),
+        "{listing}"
+    );
+}
+
+#[test]
+#[ignore = "builds and boots a Debian image; run by tests/run-all.sh"]
+fn barrier_steps_aside_where_the_vport_port_is() {
+    let s = boots();
+    for b in [&s.first, &s.second] {
+        assert_eq!(
+            b.unit("vport-bootargs-barrier.service", "Result"),
+            "success"
+        );
+        let journal = b.facts_with("barrier-journal ");
+        assert!(
+            journal
+                .iter()
+                .any(|l| l.contains(&format!("port {VM}.vport")) && l.contains("not holding")),
+            "{journal:?}"
+        );
+        // cloud-preinit's stand-in read what fetch stored, at once.
+        assert!(
+            b.fact("preinit ").ends_with("polls=0"),
+            "{}",
+            b.fact("preinit ")
+        );
+    }
+    assert_eq!(s.first.fact("barrier-verify "), "rc=0");
+}
+
+#[test]
+#[ignore = "builds and boots a Debian image; run by tests/run-all.sh"]
+fn barrier_is_skipped_on_xen_and_vmware() {
+    let s = boots();
+    for b in [&s.xen, &s.vmware] {
+        assert_eq!(
+            b.unit("vport-bootargs-barrier.service", "ConditionResult"),
+            "no"
+        );
+    }
+}

@@ -54,5 +54,8 @@ echo "== libvirt: the image as CloudStack's KVM agent runs it"
 # one shared run; two test threads are enough to wait on it.
 cargo test --test libvirt -- --ignored --test-threads=2
 
+echo "== current CloudStack under libvirt: only the guest agent's channel"
+cargo test --test libvirt_qga -- --ignored
+
 echo "== fuzzing"
 tests/fuzz.sh

@@ -77,6 +77,28 @@ pub enum Command {
     },
     /// Host side: send the parameters to a VM's socket (replaces patchviasocket.py).
     Send(SendArgs),
+    /// Where the host has no *.vport channel and writes the cmdline through
+    /// the QEMU guest agent: wait until that file is whole, fresh and valid.
+    Barrier(BarrierArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BarrierArgs {
+    /// Seconds to wait for a cmdline written during this boot.
+    #[arg(long, value_name = "SECS", value_parser = secs, default_value_t = defaults::BARRIER_TIMEOUT_SECS)]
+    pub timeout: f64,
+    /// When the cmdline is from an earlier boot: seconds after qemu-ga opens its port to wait for a fresh one before keeping it.
+    #[arg(long, value_name = "SECS", value_parser = secs, default_value_t = defaults::BARRIER_GRACE_SECS)]
+    pub grace: f64,
+    /// Directory of `cmdline`.
+    #[arg(long, value_name = "DIR", default_value = defaults::CACHE_DIR)]
+    pub cache_dir: PathBuf,
+    /// Where procfs is mounted (who holds the file or the port open).
+    #[arg(long, value_name = "DIR", default_value = defaults::PROC_ROOT)]
+    pub proc_root: PathBuf,
+    /// Name glob of the legacy channel; when such a port exists, `fetch` reads it and this does nothing.
+    #[arg(long, value_name = "GLOB", default_value = defaults::PATTERN)]
+    pub pattern: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

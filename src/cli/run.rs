@@ -7,6 +7,7 @@ use std::time::Duration;
 use super::render::{write_ports_json, write_ports_table};
 use super::{Cli, Command, Format};
 use crate::error::{exit, Error, Result};
+use crate::guest::barrier::{self, BarrierOptions};
 use crate::guest::fetch::{self, FetchOptions, Outcome};
 use crate::guest::ports::Selector;
 use crate::guest::store::{self, Targets};
@@ -117,6 +118,19 @@ pub fn run(cli: Cli) -> Result<i32> {
                 Format::Json => cmdline::write_json(&mut out, &text),
             }
             .map_err(stdout_error)?;
+            Ok(exit::OK)
+        }
+        Command::Barrier(args) => {
+            let opts = BarrierOptions {
+                sysfs_root: cli.sysfs_root,
+                dev_root: cli.dev_root,
+                proc_root: args.proc_root,
+                cache_dir: args.cache_dir,
+                pattern: args.pattern,
+                timeout: Duration::from_secs_f64(args.timeout),
+                grace: Duration::from_secs_f64(args.grace),
+            };
+            barrier::barrier(&opts)?;
             Ok(exit::OK)
         }
         Command::Send(args) => {

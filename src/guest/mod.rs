@@ -4,9 +4,14 @@
 //! for it to appear, [`port`] holds it open and reads, [`store`] writes the
 //! files atomically, [`fetch`] is the boot job that ties them together, and
 //! [`cmdline`] reads the stored `key=value` pairs back for `get` and `show`.
+//! Where the host has no `*.vport` channel and writes the cmdline through
+//! the QEMU guest agent instead, [`barrier`] holds the boot until that file
+//! is whole, fresh and valid ([`openers`] tells who has it open).
 
+pub mod barrier;
 pub mod cmdline;
 pub mod fetch;
+pub mod openers;
 pub mod pattern;
 pub mod port;
 pub mod ports;

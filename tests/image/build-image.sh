@@ -10,7 +10,9 @@
 # dbus is there as in a real template: qemu-guest-agent's guest-shutdown
 # goes through logind. The package goes in the way a template build installs it: `apt-get
 # install ./vport-bootargs_*.deb` in the chroot. The test's guest files
-# (guest/) add a stand-in cloud-early-config.service and a unit that prints
+# (guest/) add stand-ins for cloud-preinit.service (init.sh's qemu-ga start
+# and poll) and cloud-early-config.service, shorter deadlines for
+# vport-bootargs-barrier.service, and a unit that prints
 # what the boot did to the serial console.
 set -eu
 deb=$(realpath "$1")
@@ -52,10 +54,14 @@ mmdebstrap --variant=minbase --mode=root \
     --customize-hook='rm "$1/tmp/vport-bootargs.deb"' \
     --customize-hook="upload '$guest/cloud-early-config.service' /etc/systemd/system/cloud-early-config.service" \
     --customize-hook="upload '$guest/cloud-early-config' /usr/local/sbin/cloud-early-config" \
+    --customize-hook="upload '$guest/cloud-preinit.service' /etc/systemd/system/cloud-preinit.service" \
+    --customize-hook="upload '$guest/cloud-preinit' /usr/local/sbin/cloud-preinit" \
+    --customize-hook='mkdir -p "$1/etc/systemd/system/vport-bootargs-barrier.service.d"' \
+    --customize-hook="upload '$guest/barrier-image-test.conf' /etc/systemd/system/vport-bootargs-barrier.service.d/image-test.conf" \
     --customize-hook="upload '$guest/image-check.service' /etc/systemd/system/image-check.service" \
     --customize-hook="upload '$guest/image-check' /usr/local/sbin/image-check" \
-    --customize-hook='chmod 0755 "$1/usr/local/sbin/cloud-early-config" "$1/usr/local/sbin/image-check"' \
-    --customize-hook='chroot "$1" systemctl enable cloud-early-config.service image-check.service' \
+    --customize-hook='chmod 0755 "$1/usr/local/sbin/cloud-early-config" "$1/usr/local/sbin/cloud-preinit" "$1/usr/local/sbin/image-check"' \
+    --customize-hook='chroot "$1" systemctl enable cloud-preinit.service cloud-early-config.service image-check.service' \
     --customize-hook='chroot "$1" systemctl mask serial-getty@ttyS0.service getty@tty1.service' \
     --customize-hook='echo systemvm >"$1/etc/hostname"' \
     --customize-hook='echo "/dev/vda / ext4 rw,errors=remount-ro 0 1" >"$1/etc/fstab"' \

@@ -1,0 +1,601 @@
+//! The barrier for hosts without a `*.vport` channel (CloudStack 4.11.3 and
+//! later): there the host writes `/var/cache/cloud/cmdline` through the QEMU
+//! guest agent, and the system VM's scripts read it as soon as it is
+//! non-empty. The barrier runs before those scripts and returns only once
+//! the file is
+//!
+//! - **whole**: no process holds it open for writing. qemu-ga writes through
+//!   a stdio buffer, so until `guest-file-close` the file can show a cut
+//!   prefix (8,192 of 9,000 bytes). The barrier waits for the writer's close
+//!   (inotify IN_CLOSE_WRITE on the directory, IN_MOVED_TO for a writer that
+//!   renames into place), and decides about a file already there from the
+//!   kernel's count of writers ([`openers::open_for_writing`]);
+//! - **fresh**: written during this boot: a close seen by the watch, or a
+//!   modification time after the boot began (CLOCK_REALTIME minus
+//!   CLOCK_BOOTTIME). A file from an earlier boot is kept only after the
+//!   grace period, which counts from qemu-ga opening its port (the host can
+//!   write only from then on), or at the deadline;
+//! - **valid**: the checks a cmdline from the port gets ([`check_file`]).
+//!
+//! A file that fails the checks, or that a writer still holds at the
+//! deadline, is moved aside to `cmdline.rejected`: the scripts then find no
+//! cmdline, as when the host sends nothing, rather than a wrong one.
+
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::os::fd::AsFd;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use nix::errno::Errno;
+use nix::libc;
+use nix::poll::{poll, PollFd, PollFlags};
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
+use nix::time::{clock_gettime, ClockId};
+
+use super::openers::{device_held, open_for_writing};
+use super::ports::{self, Selector, Verdict, GUEST_AGENT_PORT};
+use super::store::CMDLINE_FILE;
+use crate::error::{Error, Result};
+use crate::wire::MAX_MESSAGE;
+use crate::{deadline, debug, info, warn};
+
+/// Where a file that is never passed on goes, next to the cmdline.
+pub const REJECTED_FILE: &str = "cmdline.rejected";
+
+/// The largest cmdline file accepted: the port's limit for a whole message.
+/// The port's per-line limit (`MAX_LINE`) is not applied: the file holds
+/// nothing but the cmdline, and CloudStack's cmdlines (with
+/// `authorized_key=` inside since 2021) can be longer.
+pub const MAX_FILE: usize = MAX_MESSAGE;
+
+#[derive(Debug, Clone)]
+pub struct BarrierOptions {
+    pub sysfs_root: PathBuf,
+    pub dev_root: PathBuf,
+    pub proc_root: PathBuf,
+    pub cache_dir: PathBuf,
+    /// The legacy channel's name pattern (`*.vport`): when such a port
+    /// exists, `fetch` stores the parameters and the barrier steps aside.
+    pub pattern: String,
+    /// Waiting for a fresh whole file, from the start.
+    pub timeout: Duration,
+    /// Waiting for fresh data, once qemu-ga holds its port, when a file from
+    /// an earlier boot is there.
+    pub grace: Duration,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Released {
+    /// A `*.vport` port exists: `fetch` reads it; nothing to hold.
+    VportChannel { port: String },
+    /// Neither a `*.vport` port nor the guest agent's: nothing can write.
+    NoChannel,
+    /// Written and closed during this boot, and valid.
+    Fresh {
+        bytes: usize,
+        /// From seeing the writer's close to the release, when it was seen.
+        since_close: Option<Duration>,
+    },
+    /// Nothing fresh in time; the file from an earlier boot is valid.
+    KeptStored { bytes: usize },
+}
+
+/// Checks a cmdline file as a `cmdline:` line from the port is checked
+/// (wire::check_cmdline: not empty, one line, no NUL, no carriage return;
+/// UTF-8), with one trailing newline allowed (`echo` in patch.sh adds it).
+/// Returns the cmdline without that newline.
+pub fn check_file(bytes: &[u8]) -> std::result::Result<&str, String> {
+    if bytes.len() > MAX_FILE {
+        return Err(format!(
+            "is {} bytes long; at most {MAX_FILE} are accepted",
+            bytes.len()
+        ));
+    }
+    if let Some(at) = bytes.iter().position(|&b| b == 0) {
+        return Err(format!("contains a NUL byte (at byte {at})"));
+    }
+    let text = std::str::from_utf8(bytes)
+        .map_err(|e| format!("is not valid UTF-8 (at byte {})", e.valid_up_to()))?;
+    let line = match text.strip_suffix('\n') {
+        Some(l) => l.strip_suffix('\r').unwrap_or(l),
+        None => text,
+    };
+    if line.contains('\n') {
+        return Err("holds more than one line; a cmdline is one line".into());
+    }
+    if line.contains('\r') {
+        return Err("contains a carriage return not followed by the final newline".into());
+    }
+    if line.trim().is_empty() {
+        return Err("holds only white space".into());
+    }
+    Ok(line)
+}
+
+/// When this boot began, on the wall clock that file times use.
+pub fn boot_time() -> Option<SystemTime> {
+    let real = Duration::from(clock_gettime(ClockId::CLOCK_REALTIME).ok()?);
+    let up = Duration::from(clock_gettime(ClockId::CLOCK_BOOTTIME).ok()?);
+    Some(UNIX_EPOCH + real.checked_sub(up)?)
+}
+
+/// What the cmdline file is at one look.
+#[derive(Debug)]
+enum Seen {
+    /// Missing or empty: no parameters (init.sh's `[ -s ]` agrees).
+    Missing,
+    /// A process holds it open for writing: what is there may be cut.
+    Writing,
+    /// Not readable: qemu-ga creates the file with mode 0 and gives it its
+    /// mode only after (qga's safe_open_or_create), and this runs without
+    /// CAP_DAC_OVERRIDE; a file that stays so is refused at the deadline.
+    Unreadable,
+    /// Closed, with this content; `fresh_mtime`: modified during this boot.
+    Closed { content: Vec<u8>, fresh_mtime: bool },
+    /// Not a regular file (a symlink, a directory, a fifo).
+    Unusable(String),
+}
+
+fn look(path: &Path, proc_root: &Path, boot: Option<SystemTime>) -> Result<Seen> {
+    let file = match File::options()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Seen::Missing),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Ok(Seen::Unusable("is a symlink".into()))
+        }
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => return Ok(Seen::Unreadable),
+        Err(e) => return Err(Error::io("cannot open", path, e)),
+    };
+    let before = file
+        .metadata()
+        .map_err(|e| Error::io("cannot stat", path, e))?;
+    if !before.is_file() {
+        return Ok(Seen::Unusable("is not a regular file".into()));
+    }
+    let writing = |f: &File| {
+        open_for_writing(f, proc_root).map_err(|e| Error::io("cannot tell who writes", path, e))
+    };
+    if writing(&file)? {
+        return Ok(Seen::Writing);
+    }
+    if before.len() == 0 {
+        return Ok(Seen::Missing);
+    }
+    let mut content = Vec::new();
+    (&file)
+        .take(MAX_FILE as u64 + 1)
+        .read_to_end(&mut content)
+        .map_err(|e| Error::io("cannot read", path, e))?;
+    // A writer that came and went during the read changed the times; one
+    // that is still there is counted. Either way, look again.
+    let after = file
+        .metadata()
+        .map_err(|e| Error::io("cannot stat", path, e))?;
+    if writing(&file)?
+        || (after.ctime(), after.ctime_nsec()) != (before.ctime(), before.ctime_nsec())
+    {
+        return Ok(Seen::Writing);
+    }
+    let fresh_mtime = match (boot, before.modified()) {
+        (Some(boot), Ok(mtime)) => mtime >= boot,
+        _ => false,
+    };
+    Ok(Seen::Closed {
+        content,
+        fresh_mtime,
+    })
+}
+
+/// Holds the caller until the cmdline file is whole, fresh and valid, or
+/// the grace period or deadline says to keep or give up (module comment).
+pub fn barrier(opts: &BarrierOptions) -> Result<Released> {
+    let start = Instant::now();
+    let sel = Selector {
+        pattern: opts.pattern.clone(),
+        name: None,
+        // The barrier only looks at names; it never opens a port.
+        fifo_stand_in: false,
+    };
+    let found = ports::scan(&opts.sysfs_root, &opts.dev_root, &sel)
+        .map_err(|e| Error::io("cannot scan", opts.sysfs_root.join("class/virtio-ports"), e))?;
+    if let Some(port) = ports::chosen(&found) {
+        let name = port.name.clone().unwrap_or_default();
+        info!(
+            "port {name} ({}) is there, so `fetch` stores the parameters from it; not holding the boot",
+            port.entry
+        );
+        return Ok(Released::VportChannel { port: name });
+    }
+    let Some(agent) = found.iter().find(|p| p.verdict == Verdict::GuestAgent) else {
+        info!(
+            "no port matching {} and no {GUEST_AGENT_PORT} port: nothing can write the cmdline; not holding the boot",
+            opts.pattern
+        );
+        return Ok(Released::NoChannel);
+    };
+
+    let path = opts.cache_dir.join(CMDLINE_FILE);
+    let watch = Watch::new(&opts.cache_dir, &agent.node)?;
+    // Asked after the watch is set, so that an open after this is an event.
+    let held = agent.dev.and_then(|(major, minor)| {
+        device_held(
+            &opts.proc_root,
+            nix::sys::stat::makedev(major.into(), minor.into()),
+        )
+    });
+    let mut agent_since = match held {
+        Some(false) => None,
+        // Held, or cannot be told: count the grace period from now.
+        _ => Some(start),
+    };
+    debug!(
+        "{GUEST_AGENT_PORT} is {} ({})",
+        match held {
+            Some(true) => "held by a process",
+            Some(false) => "not open yet",
+            None => "of unknown state",
+        },
+        agent.entry
+    );
+    let boot = boot_time();
+    let overall = deadline::after(start, opts.timeout);
+    let mut closed_at: Option<Instant> = None;
+    let mut said_stale = false;
+    let mut said_waiting = false;
+    let mut just_closed = false;
+    loop {
+        let mut seen = look(&path, &opts.proc_root, boot)?;
+        // fs/file_table.c __fput reports the close (fsnotify_close) before
+        // it drops the writer's count (put_file_access), so right after the
+        // event the file can still count as open for writing: look again a
+        // few times within ~60 ms before waiting for another event.
+        let mut pause = Duration::from_millis(1);
+        while just_closed && matches!(seen, Seen::Writing) && pause <= Duration::from_millis(32) {
+            std::thread::sleep(pause);
+            pause *= 2;
+            seen = look(&path, &opts.proc_root, boot)?;
+        }
+        just_closed = false;
+        let now = Instant::now();
+        let mut stale = false;
+        match seen {
+            Seen::Unusable(why) => return reject(&path, &why),
+            Seen::Closed {
+                content,
+                fresh_mtime,
+            } => {
+                if closed_at.is_some() || fresh_mtime {
+                    let bytes = valid_or_reject(&path, &content)?;
+                    let since_close = closed_at.map(|t| t.elapsed());
+                    info!(
+                        "{} is whole, fresh and valid ({bytes} bytes){}; releasing the boot",
+                        path.display(),
+                        since_close
+                            .map(|d| format!(", {} us after its writer closed it", d.as_micros()))
+                            .unwrap_or_else(|| ", written before this started".into())
+                    );
+                    return Ok(Released::Fresh { bytes, since_close });
+                }
+                let grace_over = agent_since.is_some_and(|s| now >= deadline::after(s, opts.grace));
+                if grace_over || now >= overall {
+                    let bytes = valid_or_reject(&path, &content)?;
+                    info!(
+                        "no fresh parameters {}; keeping the cmdline from an earlier boot in {} ({bytes} bytes)",
+                        if grace_over {
+                            format!("within {:?} of qemu-ga opening its port", opts.grace)
+                        } else {
+                            format!("within {:?}", opts.timeout)
+                        },
+                        path.display()
+                    );
+                    return Ok(Released::KeptStored { bytes });
+                }
+                stale = true;
+                if !said_stale {
+                    info!(
+                        "{} is from an earlier boot; waiting up to {:?} after qemu-ga opens its port for fresh parameters",
+                        path.display(),
+                        opts.grace
+                    );
+                    said_stale = true;
+                }
+            }
+            Seen::Writing if now >= overall => {
+                return reject(
+                    &path,
+                    &format!(
+                        "is still open for writing after {:?}, so it may be cut",
+                        opts.timeout
+                    ),
+                );
+            }
+            Seen::Unreadable if now >= overall => {
+                return reject(
+                    &path,
+                    &format!(
+                        "still cannot be read (permission denied) after {:?}",
+                        opts.timeout
+                    ),
+                );
+            }
+            Seen::Missing if now >= overall => {
+                return Err(Error::Unavailable(format!(
+                    "no cmdline arrived in {} within {:?} (the host writes it through qemu-ga); the boot goes on without it",
+                    path.display(),
+                    opts.timeout
+                )));
+            }
+            Seen::Writing | Seen::Missing | Seen::Unreadable => {
+                if !said_waiting {
+                    info!(
+                        "waiting up to {:?} for the host to write {} through qemu-ga",
+                        opts.timeout,
+                        path.display()
+                    );
+                    said_waiting = true;
+                }
+            }
+        }
+        let until = match agent_since {
+            Some(since) if stale => deadline::after(since, opts.grace).min(overall),
+            _ => overall,
+        };
+        for event in watch.wait(until)? {
+            match event {
+                Event::Closed => {
+                    debug!("a writer closed {}", path.display());
+                    closed_at = Some(Instant::now());
+                    just_closed = true;
+                }
+                Event::Other => {}
+                Event::AgentOpened => {
+                    debug!("qemu-ga opened its port ({})", agent.entry);
+                    agent_since = Some(Instant::now());
+                }
+            }
+        }
+    }
+}
+
+fn valid_or_reject(path: &Path, content: &[u8]) -> Result<usize> {
+    match check_file(content) {
+        Ok(_) => Ok(content.len()),
+        Err(why) => reject(path, &why).map(|_| 0),
+    }
+}
+
+/// Moves the file aside so that nothing reads it as the parameters, and
+/// says why in one line.
+fn reject(path: &Path, why: &str) -> Result<Released> {
+    let aside = path.with_file_name(REJECTED_FILE);
+    let moved = match fs::rename(path, &aside) {
+        Ok(()) => format!("moved to {}", aside.display()),
+        Err(e) => {
+            warn!("cannot move {} aside: {e}", path.display());
+            "left in place (cannot be moved)".into()
+        }
+    };
+    Err(Error::BadStored {
+        path: path.to_owned(),
+        problem: format!(
+            "the cmdline written through qemu-ga {why}; {moved}, so the boot scripts find no cmdline"
+        ),
+    })
+}
+
+/// The inotify watch: the cmdline's directory, and the guest agent's device
+/// node (IN_OPEN: qemu-ga opened its port; the node is never opened here).
+struct Watch {
+    inotify: Inotify,
+    dir: WatchDescriptor,
+    node: Option<WatchDescriptor>,
+}
+
+enum Event {
+    /// A writer closed the cmdline, or renamed one into place.
+    Closed,
+    /// The cmdline was created or the queue overflowed: look again.
+    Other,
+    AgentOpened,
+}
+
+impl Watch {
+    fn new(dir: &Path, node: &Path) -> Result<Self> {
+        let inotify = Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK)
+            .map_err(|e| Error::io("cannot start inotify for", dir, e.into()))?;
+        if !dir.is_dir() {
+            use std::os::unix::fs::DirBuilderExt;
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(dir)
+                .map_err(|e| Error::io("cannot create directory", dir, e))?;
+        }
+        let dir_wd = inotify
+            .add_watch(
+                dir,
+                AddWatchFlags::IN_CLOSE_WRITE
+                    | AddWatchFlags::IN_MOVED_TO
+                    | AddWatchFlags::IN_CREATE
+                    | AddWatchFlags::IN_ONLYDIR,
+            )
+            .map_err(|e| Error::io("cannot watch", dir, e.into()))?;
+        let node_wd = inotify
+            .add_watch(node, AddWatchFlags::IN_OPEN)
+            .map_err(|e| debug!("cannot watch {} ({e})", node.display()))
+            .ok();
+        Ok(Watch {
+            inotify,
+            dir: dir_wd,
+            node: node_wd,
+        })
+    }
+
+    /// Sleeps in poll(2) until an event or `until`; returns what came.
+    fn wait(&self, until: Instant) -> Result<Vec<Event>> {
+        let mut fds = [PollFd::new(self.inotify.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, deadline::poll_timeout(until)) {
+            Ok(0) | Err(Errno::EINTR) => return Ok(Vec::new()),
+            Ok(_) => {}
+            Err(e) => return Err(Error::io("cannot wait on", "inotify", e.into())),
+        }
+        let events = match self.inotify.read_events() {
+            Ok(events) => events,
+            Err(Errno::EAGAIN) => return Ok(Vec::new()),
+            Err(e) => return Err(Error::io("cannot read", "inotify", e.into())),
+        };
+        Ok(events
+            .into_iter()
+            .filter_map(|ev| {
+                if ev.mask.contains(AddWatchFlags::IN_Q_OVERFLOW) {
+                    Some(Event::Other)
+                } else if Some(ev.wd) == self.node {
+                    Some(Event::AgentOpened)
+                } else if ev.wd == self.dir && ev.name.as_deref() == Some(CMDLINE_FILE.as_ref()) {
+                    Some(
+                        if ev
+                            .mask
+                            .intersects(AddWatchFlags::IN_CLOSE_WRITE | AddWatchFlags::IN_MOVED_TO)
+                        {
+                            Event::Closed
+                        } else {
+                            Event::Other
+                        },
+                    )
+                } else {
+                    None
+                }
+            })
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::{check_cmdline, CMDLINE_PREFIX, MAX_LINE};
+
+    /// The longest cmdline the port accepts on one line.
+    const PORT_CMDLINE_LIMIT: usize = MAX_LINE - CMDLINE_PREFIX.len();
+
+    #[test]
+    fn one_line_with_echos_newline_is_the_cmdline() {
+        assert_eq!(check_file(b"a=1 b=2\n"), Ok("a=1 b=2"));
+        assert_eq!(check_file(b"a=1 b=2"), Ok("a=1 b=2"));
+        assert_eq!(check_file(b"a=1 b=2\r\n"), Ok("a=1 b=2"));
+    }
+
+    #[test]
+    fn what_the_port_refuses_the_file_refuses_too() {
+        assert!(check_file(b"a=1\nb=2\n")
+            .unwrap_err()
+            .contains("more than one line"));
+        assert!(check_file(b"a=1\n\n")
+            .unwrap_err()
+            .contains("more than one line"));
+        assert!(check_file(b"a=\x001\n").unwrap_err().contains("NUL"));
+        assert!(check_file(b"a=\xff\n").unwrap_err().contains("UTF-8"));
+        assert!(check_file(b"a=1\rb\n")
+            .unwrap_err()
+            .contains("carriage return"));
+        assert!(check_file(b" \n").unwrap_err().contains("white space"));
+        assert!(check_file(&vec![b'x'; MAX_FILE + 1])
+            .unwrap_err()
+            .contains("at most"));
+        assert!(check_file(&vec![b'x'; MAX_FILE]).is_ok());
+    }
+
+    #[test]
+    fn a_70_kb_cmdline_fits() {
+        let line = "k=v ".repeat(17_500);
+        assert_eq!(
+            check_file(format!("{line}\n").as_bytes()),
+            Ok(line.as_str())
+        );
+    }
+
+    proptest::proptest! {
+        /// Up to the port's line limit, the file and the port agree.
+        #[test]
+        fn file_and_port_checks_agree(line in "[ a=\r\n\0é]{0,40}") {
+            // The port's decoder takes `\r\n` as a line ending too.
+            proptest::prop_assume!(line.len() <= PORT_CMDLINE_LIMIT && !line.ends_with('\r'));
+            let file = check_file(format!("{line}\n").as_bytes()).is_ok();
+            proptest::prop_assert_eq!(file, check_cmdline(&line).is_ok());
+        }
+    }
+
+    #[test]
+    fn boot_time_is_in_the_past() {
+        let boot = boot_time().unwrap();
+        assert!(boot < SystemTime::now());
+    }
+
+    #[test]
+    fn a_file_still_open_for_writing_is_never_taken() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join(CMDLINE_FILE);
+        let mut w = File::create(&path).unwrap();
+        std::io::Write::write_all(&mut w, &[b'x'; 8192]).unwrap();
+        assert!(matches!(
+            look(&path, Path::new("/proc"), boot_time()).unwrap(),
+            Seen::Writing
+        ));
+        drop(w);
+        match look(&path, Path::new("/proc"), boot_time()).unwrap() {
+            Seen::Closed {
+                content,
+                fresh_mtime,
+            } => {
+                assert_eq!(content.len(), 8192);
+                assert!(fresh_mtime);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_file_from_before_the_boot_is_not_fresh() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join(CMDLINE_FILE);
+        fs::write(&path, "a=1\n").unwrap();
+        let before_boot = boot_time().unwrap() - Duration::from_secs(60);
+        let secs = before_boot.duration_since(UNIX_EPOCH).unwrap().as_secs() as i64;
+        let t = nix::sys::time::TimeVal::new(secs, 0);
+        nix::sys::stat::utimes(&path, &t, &t).unwrap();
+        assert!(matches!(
+            look(&path, Path::new("/proc"), boot_time()).unwrap(),
+            Seen::Closed {
+                fresh_mtime: false,
+                ..
+            }
+        ));
+        let link = tmp.path().join("link");
+        std::os::unix::fs::symlink(&path, &link).unwrap();
+        assert!(matches!(
+            look(&link, Path::new("/proc"), boot_time()).unwrap(),
+            Seen::Unusable(_)
+        ));
+    }
+
+    #[test]
+    fn missing_and_empty_are_no_parameters() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join(CMDLINE_FILE);
+        assert!(matches!(
+            look(&path, Path::new("/proc"), None).unwrap(),
+            Seen::Missing
+        ));
+        fs::write(&path, "").unwrap();
+        assert!(matches!(
+            look(&path, Path::new("/proc"), None).unwrap(),
+            Seen::Missing
+        ));
+    }
+}

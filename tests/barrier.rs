@@ -1,0 +1,285 @@
+//! `barrier` on a fake sysfs/dev tree, with this process playing qemu-ga:
+//! it opens the guest agent's node (a FIFO here) and writes the cmdline the
+//! way qemu-ga does, through a buffer and closed later. No root, no VM.
+
+mod common;
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::Tree;
+use vport_bootargs::error::exit;
+use vport_bootargs::guest::barrier::{self, BarrierOptions, Released, REJECTED_FILE};
+use vport_bootargs::Error;
+
+const AGENT: &str = "org.qemu.guest_agent.0";
+
+struct Bench {
+    tree: Tree,
+    /// Empty: nobody holds the agent's port when the barrier starts.
+    proc_root: PathBuf,
+}
+
+impl Bench {
+    fn new() -> Self {
+        let tree = Tree::new();
+        tree.add_port("vport0p1", Some(AGENT));
+        fs::create_dir_all(tree.cache()).unwrap();
+        let proc_root = tree.root().join("proc");
+        fs::create_dir_all(&proc_root).unwrap();
+        Bench { tree, proc_root }
+    }
+
+    fn opts(&self, timeout: f64, grace: f64) -> BarrierOptions {
+        BarrierOptions {
+            sysfs_root: self.tree.sys(),
+            dev_root: self.tree.dev(),
+            proc_root: self.proc_root.clone(),
+            cache_dir: self.tree.cache(),
+            pattern: "*.vport".into(),
+            timeout: Duration::from_secs_f64(timeout),
+            grace: Duration::from_secs_f64(grace),
+        }
+    }
+
+    fn cmdline(&self) -> PathBuf {
+        self.tree.cache().join("cmdline")
+    }
+
+    /// Runs the barrier in a thread; the receiver gets its result and when.
+    fn start(
+        &self,
+        timeout: f64,
+        grace: f64,
+    ) -> mpsc::Receiver<(Result<Released, Error>, Instant)> {
+        let opts = self.opts(timeout, grace);
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            let r = barrier::barrier(&opts);
+            let _ = tx.send((r, Instant::now()));
+        });
+        // Let it set its watch (the barrier looks after watching, so an
+        // early write is never missed; this only orders the test's story).
+        thread::sleep(Duration::from_millis(200));
+        rx
+    }
+
+    /// qemu-ga opening its port: an open of the node (O_RDWR so that the
+    /// FIFO does not block).
+    fn agent_opens_port(&self) -> File {
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(self.tree.node("vport0p1"))
+            .unwrap()
+    }
+
+    /// A cmdline file from an earlier boot.
+    fn stale(&self, text: &str) {
+        fs::write(self.cmdline(), text).unwrap();
+        // 2001: long before any boot of this machine.
+        let long_ago = nix::sys::time::TimeVal::new(1_000_000_000, 0);
+        nix::sys::stat::utimes(&self.cmdline(), &long_ago, &long_ago).unwrap();
+    }
+}
+
+fn not_yet<T>(rx: &mpsc::Receiver<T>, for_: Duration) {
+    assert!(
+        rx.recv_timeout(for_).is_err(),
+        "the barrier returned before it should"
+    );
+}
+
+fn result<T>(rx: &mpsc::Receiver<T>) -> T {
+    rx.recv_timeout(Duration::from_secs(20))
+        .expect("the barrier did not return")
+}
+
+/// 70,000 bytes of `key=value` pairs ending in a newline, as patch.sh's
+/// `echo` sends them.
+fn big_cmdline(len: usize) -> String {
+    let mut s = String::new();
+    let mut i = 0;
+    while s.len() < len - 1 {
+        s.push_str(&format!("k{i}=v "));
+        i += 1;
+    }
+    s.truncate(len - 1);
+    let trimmed = s.trim_end().len();
+    s.truncate(trimmed);
+    while s.len() < len - 1 {
+        s.push('x');
+    }
+    s.push('\n');
+    s
+}
+
+#[test]
+fn a_cut_file_is_held_until_its_writer_closes_it() {
+    let b = Bench::new();
+    let rx = b.start(20.0, 5.0);
+    let _port = b.agent_opens_port();
+    let text = big_cmdline(9000);
+    // What qemu-ga's stdio buffer lets through before the close.
+    let mut w = File::create(b.cmdline()).unwrap();
+    w.write_all(&text.as_bytes()[..8192]).unwrap();
+    not_yet(&rx, Duration::from_millis(800));
+    w.write_all(&text.as_bytes()[8192..]).unwrap();
+    drop(w);
+    let (r, _) = result(&rx);
+    assert!(
+        matches!(
+            r,
+            Ok(Released::Fresh {
+                bytes: 9000,
+                since_close: Some(_)
+            })
+        ),
+        "{r:?}"
+    );
+    assert_eq!(fs::read_to_string(b.cmdline()).unwrap(), text);
+}
+
+#[test]
+fn a_file_written_and_closed_before_the_start_is_released_at_once() {
+    let b = Bench::new();
+    let text = big_cmdline(70_000);
+    fs::write(b.cmdline(), &text).unwrap();
+    let rx = b.start(20.0, 5.0);
+    let (r, _) = result(&rx);
+    assert_eq!(
+        r.unwrap(),
+        Released::Fresh {
+            bytes: 70_000,
+            since_close: None
+        }
+    );
+}
+
+#[test]
+fn an_old_file_is_kept_only_after_the_grace_counted_from_the_agent_opening_its_port() {
+    let b = Bench::new();
+    b.stale("type=old\n");
+    let rx = b.start(30.0, 1.0);
+    // The agent is not up yet: the grace has not begun.
+    not_yet(&rx, Duration::from_millis(2000));
+    let opened = Instant::now();
+    let _port = b.agent_opens_port();
+    let (r, at) = result(&rx);
+    assert_eq!(r.unwrap(), Released::KeptStored { bytes: 9 });
+    assert!(at.duration_since(opened) >= Duration::from_millis(900));
+    assert_eq!(fs::read_to_string(b.cmdline()).unwrap(), "type=old\n");
+}
+
+#[test]
+fn new_parameters_over_an_old_file_win_and_the_emptied_file_is_never_taken() {
+    let b = Bench::new();
+    b.stale("type=old\n");
+    let rx = b.start(30.0, 1.0);
+    let _port = b.agent_opens_port();
+    // guest-file-open with mode w+: the old file is emptied, then written
+    // through a buffer; the close comes after the grace period is over.
+    let mut w = File::create(b.cmdline()).unwrap();
+    not_yet(&rx, Duration::from_millis(1500));
+    w.write_all(b"type=new").unwrap();
+    not_yet(&rx, Duration::from_millis(300));
+    w.write_all(b" name=s-1-VM\n").unwrap();
+    drop(w);
+    let (r, _) = result(&rx);
+    assert!(matches!(r, Ok(Released::Fresh { bytes: 21, .. })), "{r:?}");
+    assert_eq!(
+        fs::read_to_string(b.cmdline()).unwrap(),
+        "type=new name=s-1-VM\n"
+    );
+}
+
+#[test]
+fn a_bad_file_is_moved_aside_with_one_line_and_exit_65() {
+    let b = Bench::new();
+    let rx = b.start(20.0, 5.0);
+    fs::write(b.cmdline(), "type=secstorage\nrm -rf /\n").unwrap();
+    let (r, _) = result(&rx);
+    let e = r.unwrap_err();
+    assert_eq!(e.exit_code(), exit::DATA);
+    let line = e.to_string();
+    assert!(!line.contains('\n'), "{line}");
+    assert!(line.contains("more than one line"), "{line}");
+    assert!(line.contains(REJECTED_FILE), "{line}");
+    assert!(!b.cmdline().exists());
+    assert_eq!(
+        fs::read_to_string(b.tree.cache().join(REJECTED_FILE)).unwrap(),
+        "type=secstorage\nrm -rf /\n"
+    );
+}
+
+#[test]
+fn nothing_written_gives_up_at_the_deadline_with_exit_69() {
+    let b = Bench::new();
+    let started = Instant::now();
+    let rx = b.start(1.5, 5.0);
+    let (r, at) = result(&rx);
+    let e = r.unwrap_err();
+    assert_eq!(e.exit_code(), exit::UNAVAILABLE);
+    assert!(e.to_string().contains("no cmdline arrived"), "{e}");
+    assert!(at.duration_since(started) >= Duration::from_millis(1400));
+}
+
+#[test]
+fn a_writer_still_there_at_the_deadline_is_rejected_not_passed_on() {
+    let b = Bench::new();
+    let rx = b.start(1.5, 5.0);
+    let mut w = File::create(b.cmdline()).unwrap();
+    w.write_all(&[b'x'; 4096]).unwrap();
+    let (r, _) = result(&rx);
+    let e = r.unwrap_err();
+    assert_eq!(e.exit_code(), exit::DATA);
+    assert!(e.to_string().contains("still open for writing"), "{e}");
+    assert!(!b.cmdline().exists());
+}
+
+#[test]
+fn a_vport_channel_or_no_channel_at_all_holds_nothing() {
+    let b = Bench::new();
+    b.tree.add_port("vport0p2", Some("s-1-VM.vport"));
+    let (r, _) = result(&b.start(20.0, 5.0));
+    assert_eq!(
+        r.unwrap(),
+        Released::VportChannel {
+            port: "s-1-VM.vport".into()
+        }
+    );
+    let none = Tree::new();
+    let opts = BarrierOptions {
+        sysfs_root: none.sys(),
+        dev_root: none.dev(),
+        proc_root: Path::new("/proc").into(),
+        cache_dir: none.cache(),
+        pattern: "*.vport".into(),
+        timeout: Duration::from_secs(20),
+        grace: Duration::from_secs(5),
+    };
+    assert_eq!(barrier::barrier(&opts).unwrap(), Released::NoChannel);
+}
+
+#[test]
+fn the_command_line_runs_it() {
+    let b = Bench::new();
+    fs::write(b.cmdline(), "type=secstorage\n").unwrap();
+    let out = b
+        .tree
+        .cmd("barrier")
+        .arg("--proc-root")
+        .arg(&b.proc_root)
+        .arg("--cache-dir")
+        .arg(b.tree.cache())
+        .args(["--timeout", "5"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("whole, fresh and valid"), "{err}");
+}
