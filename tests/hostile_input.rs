@@ -610,7 +610,7 @@ fn show_env_leaves_out_shell_names_with_a_warning_and_prefix_keeps_them() {
 
 /// The most pairs a stored file can hold (it is read up to 256 KiB; a
 /// larger one is refused), rendered in every format; the merge itself is
-/// shown linear on 200,000 pairs by `cmdline::tests::many_pairs_merge_in_one_pass`.
+/// shown linear on 200,000 pairs by `guest::cmdline::tests::many_pairs_merge_in_one_pass`.
 #[test]
 fn show_on_a_stored_file_at_the_size_limit_renders_every_pair() {
     let t = Tree::new();
