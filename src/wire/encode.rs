@@ -4,7 +4,7 @@
 
 use super::{is_openssh_public_key, Message, CMDLINE_PREFIX, MAX_LINE, PUBKEY_PREFIX};
 
-/// What the guest would refuse or misread in a cmdline (protocol::Decoder):
+/// What the guest would refuse or misread in a cmdline (wire::decode::Decoder):
 /// refused here, before anything is sent.
 pub fn check_cmdline(cmdline: &str) -> std::result::Result<(), String> {
     if cmdline.trim().is_empty() {
