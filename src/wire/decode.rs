@@ -115,8 +115,8 @@ pub struct Decoder {
     received: bool,
     seen: Vec<Line>,
     /// The bytes of complete lines (endings included) since the last
-    /// discard, at most [`MAX_MESSAGE`] of them: what an end line counts back
-    /// over.
+    /// discard, the last [`MAX_MESSAGE`] of them at least (at most twice
+    /// that): what an end line counts back over.
     raw: Vec<u8>,
     /// Inside a framed body end lines are just unknown lines.
     in_frame: bool,
@@ -270,7 +270,9 @@ impl Decoder {
     fn remember(&mut self, line: &[u8]) {
         self.raw.extend_from_slice(line);
         self.raw.push(b'\n');
-        if self.raw.len() > MAX_MESSAGE {
+        // Trimmed in batches: trimming to the limit on every line would move
+        // the whole window once per line.
+        if self.raw.len() > 2 * MAX_MESSAGE {
             let excess = self.raw.len() - MAX_MESSAGE;
             self.raw.drain(..excess);
         }
