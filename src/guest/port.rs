@@ -126,13 +126,23 @@ impl PortReader {
             // Drain everything readable: with an edge-triggered epoll, a
             // wake-up is only promised for what happens after this.
             let mut disconnected = false;
+            let mut got_data = false;
             loop {
                 match self.file.read(&mut buf) {
                     Ok(0) => {
+                        if got_data {
+                            // The case that makes read() == 0 no proof of a
+                            // disconnect; counted by tests/vm.rs.
+                            debug!(
+                                "read() returned 0 right after data ({} bytes of a line pending)",
+                                decoder.pending()
+                            );
+                        }
                         disconnected = true;
                         break;
                     }
                     Ok(n) => {
+                        got_data = true;
                         last_bytes = Some(Instant::now());
                         decoder.feed(&buf[..n]).map_err(|e| self.bad_data(e))?;
                         for line in decoder.drain_lines() {
