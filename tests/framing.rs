@@ -602,3 +602,76 @@ mod sender {
         assert!(err.contains("(2 send(s))"), "{err}");
     }
 }
+
+// ---------------------------------------------------------------------------
+// An earlier build of the helper, from before the end line.
+
+/// The commit before the end line existed (the restructured layout).
+const EARLIER: &str = "0f06237";
+
+/// Builds the helper as it was at [`EARLIER`] (git archive, cargo build
+/// --offline into target/earlier-build, kept between runs).
+fn earlier_helper() -> PathBuf {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = repo.join("target/earlier-build");
+    let src = out.join("src");
+    let _ = fs::remove_dir_all(&src);
+    fs::create_dir_all(&src).unwrap();
+    let archive = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "git -C '{}' archive {EARLIER} | tar -x -C '{}'",
+            repo.display(),
+            src.display()
+        ))
+        .status()
+        .unwrap();
+    assert!(
+        archive.success(),
+        "cannot check out {EARLIER} (a shallow clone? fetch the history first)"
+    );
+    let build = Command::new("cargo")
+        .args(["build", "--offline", "--quiet", "--bin", "vport-bootargs"])
+        .current_dir(&src)
+        .env("CARGO_TARGET_DIR", out.join("target"))
+        .status()
+        .unwrap();
+    assert!(build.success(), "building {EARLIER} failed");
+    out.join("target/debug/vport-bootargs")
+}
+
+#[test]
+#[ignore = "builds the helper of an earlier commit; run by tests/run-all.sh"]
+fn earlier_build_ignores_the_end_line_and_stores_the_message() {
+    let old = earlier_helper();
+    let t = Tree::new();
+    let node = t.add_port("vport0p1", Some("s-1-VM.vport"));
+    let child = Command::new(old)
+        .arg("--sysfs-root")
+        .arg(t.sys())
+        .arg("--dev-root")
+        .arg(t.root().join("dev"))
+        .args(["-v", "fetch", "--no-ack", "--cache-dir"])
+        .arg(t.cache())
+        .arg("--ssh-dir")
+        .arg(t.ssh())
+        .args(["--timeout", "60"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut host = connect(&node);
+    host.write_all(&framed(CMDLINE)).unwrap();
+    let (code, err) = finish(child);
+    drop(host);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(t.stored().unwrap(), format!("{CMDLINE}\n"));
+    assert_eq!(
+        fs::read_to_string(t.cache().join("authorized_keys")).unwrap(),
+        format!("{KEY}\n")
+    );
+    assert!(
+        err.contains("ignored a line with an unknown prefix: \"end:"),
+        "{err}"
+    );
+}

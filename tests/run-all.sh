@@ -21,6 +21,9 @@ echo "$bin: $(stat -c %s "$bin") bytes, static"
 echo "== tests: unit, fake trees, send, hostile input (plain cargo test)"
 cargo test
 
+echo "== an earlier build of the helper against the framed message"
+cargo test --test framing -- --ignored
+
 # The suites that boot guests are #[ignore]d, so that a contributor's
 # `cargo test` stays quick and needs no QEMU; here they run, and a guest
 # that cannot boot fails its test.
