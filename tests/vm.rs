@@ -795,7 +795,9 @@ fn send_wait_ack_delivers_whenever_it_starts() {
         std::thread::sleep((guest.started + delay).saturating_duration_since(Instant::now()));
         let cmdline = cmdline(&format!("send-{i}"));
         let sent_at = Instant::now();
-        let out = run_send(&guest, &cmdline, &key, &["--wait-ack", "60"]);
+        // As long as the guest may take to boot: a starved TCG guest opens
+        // its port late, and a send that gives up first loses the message.
+        let out = run_send(&guest, &cmdline, &key, &["--wait-ack", "150"]);
         let acked_at = Instant::now();
         let o = guest.finish();
         let stderr = String::from_utf8_lossy(&out.stderr);
