@@ -1178,11 +1178,15 @@ fn sandbox_summary(out: &str) -> String {
         .collect();
     per.sort_by(|a, b| b.0.total_cmp(&a.0));
     let all: Vec<String> = per.iter().map(|(d, n)| format!("{n} {d:+.0}")).collect();
+    let per_setting = if all.is_empty() {
+        String::new()
+    } else {
+        format!("; ms saved by leaving a setting out: {}", all.join(", "))
+    };
     format!(
         "transient unit running `vport-bootargs ports` (median): no sandbox {none:.0} ms, the unit's \
-         sandbox {full:.0} ms (x{:.2}); ms saved by leaving a setting out: {}",
-        full / none,
-        all.join(", ")
+         sandbox {full:.0} ms (x{:.2}){per_setting}",
+        full / none
     )
 }
 
