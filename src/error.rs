@@ -18,8 +18,10 @@ pub mod exit {
     pub const UNAVAILABLE: i32 = 69;
     /// EX_IOERR: reading or writing a file or the port failed.
     pub const IO: i32 = 74;
-    /// EX_TEMPFAIL: the port is held by another process.
+    /// EX_TEMPFAIL: the port is held by another process (guest), or QEMU
+    /// did not take the message before `send` had to close (host).
     pub const BUSY: i32 = 75;
+    pub const TEMPFAIL: i32 = 75;
     /// EX_NOPERM: the host side was refused access to the socket.
     pub const NOPERM: i32 = 77;
     /// EX_PROTOCOL: the guest answered with a wrong acknowledgement.
@@ -118,6 +120,12 @@ pub enum Error {
 
     #[error("{0}")]
     Unavailable(String),
+
+    #[error(
+        "{path}: QEMU had not taken the message from the socket after {secs} s (the guest does not \
+         hold its port open yet); closing, so QEMU drops it: nothing was delivered, send again"
+    )]
+    NotTaken { path: PathBuf, secs: f64 },
 }
 
 impl Error {
@@ -134,6 +142,7 @@ impl Error {
         match self {
             Error::Io { .. } => exit::IO,
             Error::PortBusy { .. } => exit::BUSY,
+            Error::NotTaken { .. } => exit::TEMPFAIL,
             Error::PortGone { .. } | Error::NoPort { .. } | Error::Timeout { .. } => {
                 exit::UNAVAILABLE
             }

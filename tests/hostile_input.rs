@@ -838,6 +838,7 @@ fn huge_durations_in_option_structs_do_not_overflow() {
         grace: Duration::MAX,
         settle: Duration::MAX,
         ack: false,
+        no_channel_after: Duration::MAX,
     };
     // The host writes, stays connected a moment (the settle deadline is
     // computed), then leaves (which ends the message).
@@ -876,6 +877,7 @@ fn huge_durations_in_option_structs_do_not_overflow() {
         },
         wait_ack: Some(Duration::MAX),
         retry: Duration::MAX,
+        wait_taken: Duration::MAX,
     };
     send(&opts).unwrap();
     guest.join().unwrap();

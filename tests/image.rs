@@ -805,3 +805,540 @@ fn barrier_is_skipped_on_xen_and_vmware() {
         );
     }
 }
+
+// ---- the guest-agent-only layout (CloudStack 4.11.3 and later), uevents
+// under the unit's sandbox, and what the sandbox costs ----
+
+/// What the host writes through qemu-guest-agent. CloudStack's `patch.sh`
+/// writes `echo $cmdline | base64`: the cmdline and a newline.
+const GA_CMDLINE: &str = "template=domP type=consoleproxy host=10.1.1.1 port=8250 name=v-2-VM \
+    zone=1 pod=1 guid=v-2-VM eth0ip=169.254.3.5 authorized_key=c3NoLWVkMjU1MTk=";
+
+/// A client of qemu-guest-agent on its host socket: one JSON command per
+/// line, one reply per line.
+struct Agent {
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+}
+
+impl Agent {
+    fn connect(socket: &Path) -> Result<Agent, String> {
+        let s = UnixStream::connect(socket).map_err(|e| format!("connect: {e}"))?;
+        s.set_read_timeout(Some(AGENT_LIMIT)).unwrap();
+        let writer = s.try_clone().map_err(|e| e.to_string())?;
+        Ok(Agent {
+            reader: BufReader::new(s),
+            writer,
+        })
+    }
+
+    fn line(&mut self) -> Result<serde_json::Value, String> {
+        let mut line = String::new();
+        self.reader
+            .read_line(&mut line)
+            .map_err(|e| format!("read: {e}"))?;
+        serde_json::from_str(&line).map_err(|e| format!("reply {line:?}: {e}"))
+    }
+
+    /// Sends one command and returns its `return`, or its error.
+    fn call(&mut self, cmd: serde_json::Value) -> Result<serde_json::Value, String> {
+        writeln!(self.writer, "{cmd}").map_err(|e| format!("write: {e}"))?;
+        let reply = self.line()?;
+        match reply.get("return") {
+            Some(r) => Ok(r.clone()),
+            None => Err(format!("{cmd} -> {reply}")),
+        }
+    }
+
+    /// guest-sync, as patch.sh does before anything else.
+    fn sync(&mut self) -> Result<(), String> {
+        let id = 1_234_567_890u64;
+        let cmd = serde_json::json!({"execute": "guest-sync", "arguments": {"id": id}});
+        writeln!(self.writer, "{cmd}").map_err(|e| format!("write: {e}"))?;
+        for _ in 0..10 {
+            if self.line()?.get("return") == Some(&serde_json::json!(id)) {
+                return Ok(());
+            }
+        }
+        Err("guest-sync never answered".into())
+    }
+
+    /// Starts `sh -c script` in the guest; returns its pid.
+    fn exec_start(&mut self, script: &str) -> Result<i64, String> {
+        let r = self.call(serde_json::json!({"execute": "guest-exec", "arguments": {
+            "path": "/bin/sh", "arg": ["-c", script], "capture-output": true}}))?;
+        r["pid"].as_i64().ok_or_else(|| format!("guest-exec: {r}"))
+    }
+
+    /// Waits for a guest-exec'd process; returns its exit code and output.
+    fn exec_wait(&mut self, pid: i64, limit: Duration) -> Result<(i64, String), String> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let r = self.call(serde_json::json!({"execute": "guest-exec-status",
+                "arguments": {"pid": pid}}))?;
+            if r["exited"] == true {
+                let out = base64_decode(r["out-data"].as_str().unwrap_or(""));
+                let err = base64_decode(r["err-data"].as_str().unwrap_or(""));
+                let mut text = String::from_utf8_lossy(&out).into_owned();
+                text.push_str(&String::from_utf8_lossy(&err));
+                return Ok((r["exitcode"].as_i64().unwrap_or(-1), text));
+            }
+            if Instant::now() >= deadline {
+                return Err(format!("guest process {pid} still running after {limit:?}"));
+            }
+            thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    fn exec(&mut self, script: &str, limit: Duration) -> Result<(i64, String), String> {
+        let pid = self.exec_start(script)?;
+        self.exec_wait(pid, limit)
+    }
+
+    /// CloudStack's scripts/vm/hypervisor/kvm/patch.sh, by behaviour:
+    /// guest-file-open `w+`, guest-file-write `buf-b64`, guest-file-close.
+    fn write_file(&mut self, path: &str, content: &[u8]) -> Result<(), String> {
+        let h = self.call(serde_json::json!({"execute": "guest-file-open",
+            "arguments": {"path": path, "mode": "w+"}}))?;
+        self.call(serde_json::json!({"execute": "guest-file-write",
+            "arguments": {"handle": h, "buf-b64": base64_encode(content)}}))?;
+        self.call(serde_json::json!({"execute": "guest-file-close", "arguments": {"handle": h}}))?;
+        Ok(())
+    }
+
+    fn read_file(&mut self, path: &str) -> Result<Vec<u8>, String> {
+        let h = self.call(serde_json::json!({"execute": "guest-file-open",
+            "arguments": {"path": path, "mode": "r"}}))?;
+        let r = self.call(serde_json::json!({"execute": "guest-file-read",
+            "arguments": {"handle": h, "count": 65536}}))?;
+        self.call(serde_json::json!({"execute": "guest-file-close", "arguments": {"handle": h}}))?;
+        Ok(base64_decode(r["buf-b64"].as_str().unwrap_or("")))
+    }
+}
+
+fn base64_encode(data: &[u8]) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// The sandbox settings of the installed unit, one `-p SETTING` pair each,
+/// into "$@" (sh; the settings are the unit's lines between `# Sandbox` and
+/// `[Install]`).
+const SANDBOX_PROPS: &str = r#"
+unit=/lib/systemd/system/vport-bootargs.service
+props=$(sed -n '/^# Sandbox/,/^\[Install\]/p' "$unit" | grep -E '^[A-Za-z]+=')
+with_props() {
+    set --
+    while IFS= read -r p; do set -- "$@" -p "$p"; done <<PROPS
+$props
+PROPS
+    "$@"
+}
+"#;
+
+/// Runs `vport-bootargs ports` in transient units: with no sandbox and with
+/// the unit's, alternately, so that the machine's load drifting over minutes
+/// cancels out. One `LABEL MS rc=N` line per run. `without LABEL "NAMES"`
+/// leaves settings out; which settings cost most at boot is measured by hand
+/// with tests/image/sandbox-boots.sh (per setting, this took minutes and
+/// stayed below this machine's noise).
+const SANDBOX_COST: &str = r#"
+one() {
+    label=$1; shift
+    s=$(date +%s%N)
+    systemd-run --wait --quiet --collect "$@" /usr/sbin/vport-bootargs ports >/dev/null 2>&1
+    rc=$?
+    e=$(date +%s%N)
+    echo "$label $(( (e - s) / 1000000 )) rc=$rc"
+}
+without() {
+    label=$1; skip=" $2 "
+    set --
+    while IFS= read -r p; do
+        case "$skip" in *" ${p%%=*} "*) continue ;; esac
+        set -- "$@" -p "$p"
+    done <<PROPS
+$props
+PROPS
+    one "$label" "$@"
+}
+for i in 1 2 3 4 5 6; do one none; without full ""; done
+"#;
+
+/// A fetch in a transient unit with the service's own sandbox, waiting for
+/// a port that is not there yet (the no-channel rule pushed far away), so
+/// that the host can hot-plug one and see the helper woken by its uevent.
+const UEVENT_FETCH: &str = r#"
+set --
+while IFS= read -r p; do set -- "$@" -p "$p"; done <<PROPS
+$props
+PROPS
+systemd-run --wait --quiet --unit=vb-uevent "$@" /usr/sbin/vport-bootargs -v fetch \
+    --no-channel-after 600 --port-timeout 150 --timeout 150 \
+    --cache-dir /var/cache/cloud/uevent --ssh-dir /var/cache/cloud/uevent-ssh
+echo "rc=$?"
+journalctl -u vb-uevent -o cat --no-pager
+cat /var/cache/cloud/uevent/cmdline
+"#;
+
+/// What the guest-agent-only boot showed.
+struct GaOnly {
+    facts: Vec<String>,
+    console: String,
+    ping: Result<String, String>,
+    /// What qemu-ga read back after writing the cmdline as patch.sh does.
+    written: Result<Vec<u8>, String>,
+    /// The transient fetch woken by the hot-plugged port: its exit line,
+    /// its journal and the cmdline it stored.
+    uevent: Result<String, String>,
+    sandbox: Result<String, String>,
+}
+
+impl GaOnly {
+    fn fact(&self, prefix: &str) -> &str {
+        self.facts
+            .iter()
+            .find_map(|f| f.strip_prefix(prefix))
+            .map(str::trim)
+            .unwrap_or_else(|| panic!("no {prefix:?} fact; facts: {:#?}", self.facts))
+    }
+
+    fn unit(&self, unit: &str, key: &str) -> String {
+        let line = self.fact(&format!("unit {unit} "));
+        line.split_whitespace()
+            .find_map(|kv| kv.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
+            .unwrap_or_else(|| panic!("no {key} in {line:?}"))
+            .to_owned()
+    }
+}
+
+fn ga_only() -> &'static GaOnly {
+    static GA_ONLY: OnceLock<Result<GaOnly, String>> = OnceLock::new();
+    once(&GA_ONLY, "the guest-agent-only boot failed", run_ga_only)
+}
+
+fn run_ga_only() -> GaOnly {
+    let images = image_for(&package().deb);
+    let run = work().join("run-ga-only");
+    let _ = fs::remove_dir_all(&run);
+    fs::create_dir_all(&run).unwrap();
+    // A disk as the image left it: no stored parameters.
+    let disk = run.join("disk.raw");
+    copy_sparse(&images.join("image.raw"), &disk);
+    let sockets = tempfile::Builder::new()
+        .prefix("vport-ga")
+        .tempdir()
+        .unwrap();
+    let qmp_path = sockets.path().join("qmp");
+    let mut qemu = Command::new(repo().join("tests/image/run-vm.sh"))
+        .env("IMAGE_CHECK_LINGER", "900")
+        .env("IMAGE_CHANNELS", "ga-only")
+        .arg(&images)
+        .arg(&disk)
+        .arg(sockets.path())
+        .arg(VM)
+        .arg("-qmp")
+        .arg(format!("unix:{},server=on,wait=off", qmp_path.display()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cannot start tests/image/run-vm.sh");
+    let lines = console_reader(&mut qemu, run.join("console"));
+    let started = Instant::now();
+    let mut console = String::new();
+    let mut facts = Vec::new();
+    loop {
+        let left = (started + BOOT_LIMIT).saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) => {
+                console.push_str(&line);
+                console.push('\n');
+                if let Some(f) = line.strip_prefix("@@ ") {
+                    if f == "done" {
+                        break;
+                    }
+                    facts.push(f.to_owned());
+                }
+            }
+            Err(e) => {
+                let _ = qemu.kill();
+                let _ = qemu.wait();
+                panic!(
+                    "ga-only boot: no report ({e:?}); console:\n{}",
+                    tail(&console, 60)
+                );
+            }
+        }
+    }
+    let socket = sockets.path().join(format!("{VM}.org.qemu.guest_agent.0"));
+    let mut agent = Agent::connect(&socket);
+    let mut step = |f: &mut dyn FnMut(&mut Agent) -> Result<String, String>| match &mut agent {
+        Ok(a) => f(a),
+        Err(e) => Err(e.clone()),
+    };
+    let ping = step(&mut |a| {
+        a.sync()?;
+        a.call(serde_json::json!({"execute": "guest-ping"}))
+            .map(|r| format!("{{\"return\": {r}}}"))
+    });
+    let written = step(&mut |a| {
+        let content = format!("{GA_CMDLINE}\n");
+        a.write_file("/var/cache/cloud/cmdline", content.as_bytes())?;
+        let back = a.read_file("/var/cache/cloud/cmdline")?;
+        Ok(String::from_utf8_lossy(&back).into_owned())
+    })
+    .map(String::into_bytes);
+    let uevent = step(&mut |a| uevent_in_the_unit(a, &qmp_path, sockets.path()));
+    let sandbox = step(&mut |a| {
+        let script = format!("{SANDBOX_PROPS}{SANDBOX_COST}");
+        a.exec(&script, Duration::from_secs(900)).map(|r| r.1)
+    });
+    let _ = step(&mut |a| {
+        a.call(serde_json::json!({"execute": "guest-shutdown"}))
+            .map(|_| String::new())
+    });
+    wait_or_kill(&mut qemu, AGENT_LIMIT);
+    while let Ok(line) = lines.recv_timeout(Duration::from_secs(5)) {
+        console.push_str(&line);
+        console.push('\n');
+    }
+    let g = GaOnly {
+        facts,
+        console,
+        ping,
+        written,
+        uevent,
+        sandbox,
+    };
+    report_ga_only(&run, &g);
+    g
+}
+
+/// Starts a sandboxed fetch waiting for a port, hot-plugs `s-1-VM.vport`
+/// through QMP once it waits, and sends to it from the host.
+fn uevent_in_the_unit(a: &mut Agent, qmp_path: &Path, dir: &Path) -> Result<String, String> {
+    let pid = a.exec_start(&format!("{SANDBOX_PROPS}{UEVENT_FETCH}"))?;
+    // Until the helper waits (its lines in the transient unit's journal),
+    // so that the port comes after it started.
+    let deadline = Instant::now() + AGENT_LIMIT;
+    loop {
+        let (_, out) = a.exec(
+            "journalctl -u vb-uevent -o cat --no-pager | grep -c 'waiting on kernel uevents\\|rescanning every'",
+            AGENT_LIMIT,
+        )?;
+        if out.trim().parse::<u32>().unwrap_or(0) > 0 {
+            break;
+        }
+        if Instant::now() >= deadline {
+            return Err("the transient fetch did not start waiting".into());
+        }
+        thread::sleep(Duration::from_millis(500));
+    }
+    let hot = dir.join("hot.agent");
+    let qmp = UnixStream::connect(qmp_path).map_err(|e| format!("qmp: {e}"))?;
+    qmp.set_read_timeout(Some(AGENT_LIMIT)).unwrap();
+    let mut qmp_reader = BufReader::new(qmp.try_clone().unwrap());
+    let mut qmp_writer = qmp;
+    let mut greeting = String::new();
+    qmp_reader
+        .read_line(&mut greeting)
+        .map_err(|e| e.to_string())?;
+    for cmd in [
+        serde_json::json!({"execute": "qmp_capabilities"}),
+        serde_json::json!({"execute": "chardev-add", "arguments": {"id": "hot", "backend": {
+            "type": "socket", "data": {"addr": {"type": "unix",
+            "data": {"path": hot.to_string_lossy()}}, "server": true, "wait": false}}}}),
+        serde_json::json!({"execute": "device_add", "arguments": {"driver": "virtserialport",
+            "bus": "virtio-serial0.0", "nr": 3, "chardev": "hot", "id": "hotport",
+            "name": format!("{VM}.vport")}}),
+    ] {
+        writeln!(qmp_writer, "{cmd}").map_err(|e| e.to_string())?;
+        loop {
+            let mut line = String::new();
+            qmp_reader.read_line(&mut line).map_err(|e| e.to_string())?;
+            if line.contains("\"return\"") {
+                break;
+            }
+            if line.contains("\"error\"") {
+                return Err(format!("{cmd}: {line}"));
+            }
+        }
+    }
+    let send = Command::new(env!("CARGO_BIN_EXE_vport-bootargs"))
+        .arg("send")
+        .arg("--socket")
+        .arg(&hot)
+        .args(["--no-pubkey", "--raw", "-p", "type=uevent-test"])
+        .args(["--wait-ack", "120"])
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !send.status.success() {
+        return Err(format!(
+            "send to the hot-plugged port: {}",
+            String::from_utf8_lossy(&send.stderr)
+        ));
+    }
+    a.exec_wait(pid, Duration::from_secs(180)).map(|r| r.1)
+}
+
+/// From the SANDBOX_COST lines: the whole sandbox against none, and per
+/// setting what leaving it out saves (each `without:` run against the `full`
+/// run just before it; median over the pairs).
+fn sandbox_summary(out: &str) -> String {
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+    };
+    let (mut none, mut full) = (Vec::new(), Vec::new());
+    let mut saved: std::collections::BTreeMap<String, Vec<f64>> = Default::default();
+    let mut last_full = None;
+    for l in out.lines() {
+        let mut w = l.split_whitespace();
+        let (Some(label), Some(ms), Some("rc=0")) = (w.next(), w.next(), w.next()) else {
+            continue;
+        };
+        let Ok(ms) = ms.parse::<f64>() else { continue };
+        match label {
+            "none" => none.push(ms),
+            "full" => {
+                full.push(ms);
+                last_full = Some(ms);
+            }
+            other => {
+                if let (Some(name), Some(f)) = (other.strip_prefix("without:"), last_full) {
+                    saved.entry(name.to_owned()).or_default().push(f - ms);
+                }
+            }
+        }
+    }
+    let (none, full) = (median(&mut none), median(&mut full));
+    let mut per: Vec<(f64, String)> = saved
+        .into_iter()
+        .map(|(n, mut v)| (median(&mut v), n))
+        .collect();
+    per.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let all: Vec<String> = per.iter().map(|(d, n)| format!("{n} {d:+.0}")).collect();
+    let per_setting = if all.is_empty() {
+        String::new()
+    } else {
+        format!("; ms saved by leaving a setting out: {}", all.join(", "))
+    };
+    format!(
+        "transient unit running `vport-bootargs ports` (median): no sandbox {none:.0} ms, the unit's \
+         sandbox {full:.0} ms (x{:.2}){per_setting}",
+        full / none
+    )
+}
+
+fn report_ga_only(run: &Path, g: &GaOnly) {
+    let us = |k: &str| {
+        g.unit("vport-bootargs.service", k)
+            .parse::<u64>()
+            .unwrap_or(0)
+    };
+    let runtime = us("ExecMainExitTimestampMonotonic")
+        .saturating_sub(us("ExecMainStartTimestampMonotonic")) as f64
+        / 1e6;
+    let text = format!(
+        "guest-agent-only layout: vport-bootargs.service start to exit {runtime:.2} s\n{}\n\
+         systemd-analyze security: {}\n",
+        g.sandbox
+            .as_deref()
+            .map(sandbox_summary)
+            .unwrap_or_else(|e| format!("sandbox timings failed: {e}")),
+        g.fact("security "),
+    );
+    let _ = fs::write(run.join("report.txt"), &text);
+    let _ = fs::write(
+        run.join("sandbox-cost.txt"),
+        g.sandbox.as_deref().unwrap_or(""),
+    );
+    eprintln!("{text}");
+}
+
+#[test]
+#[ignore = "builds and boots a Debian image; run by tests/run-all.sh"]
+fn guest_agent_only_layout_unit_succeeds_saying_no_channel_and_writes_nothing() {
+    let g = ga_only();
+    assert_eq!(g.unit("vport-bootargs.service", "Result"), "success");
+    assert_eq!(g.unit("vport-bootargs.service", "ExecMainStatus"), "0");
+    assert!(
+        g.facts.iter().any(|f| f.starts_with("journal ")
+            && f.contains("the host provides no channel matching pattern *.vport")),
+        "{:#?}",
+        g.facts
+    );
+    for f in [
+        "/var/cache/cloud/cmdline",
+        "/var/cache/cloud/authorized_keys",
+        "/root/.ssh/authorized_keys",
+    ] {
+        assert_eq!(g.fact(&format!("file {f} ")), "missing", "{f}");
+    }
+}
+
+#[test]
+#[ignore = "builds and boots a Debian image; run by tests/run-all.sh"]
+fn guest_agent_only_layout_qemu_ga_answers_and_writes_the_cmdline_as_cloudstack_does() {
+    let g = ga_only();
+    assert_eq!(g.unit("qemu-guest-agent.service", "ActiveState"), "active");
+    assert_eq!(
+        g.ping.as_deref(),
+        Ok("{\"return\": {}}"),
+        "{}",
+        tail(&g.console, 30)
+    );
+    assert_eq!(
+        g.written.as_deref().map(String::from_utf8_lossy),
+        Ok(format!("{GA_CMDLINE}\n").into()),
+    );
+}
+
+#[test]
+#[ignore = "builds and boots a Debian image; run by tests/run-all.sh"]
+fn helper_under_the_units_sandbox_is_woken_by_the_ports_uevent() {
+    let g = ga_only();
+    let out = g.uevent.as_ref().unwrap_or_else(|e| panic!("{e}"));
+    assert!(out.contains("rc=0"), "{out}");
+    assert!(out.contains("waiting on kernel uevents"), "{out}");
+    assert!(
+        !out.contains("rescanning every"),
+        "uevents unavailable: {out}"
+    );
+    assert!(
+        out.contains("uevent add for a virtio port")
+            || out.contains("uevent change for a virtio port"),
+        "not woken by a uevent: {out}"
+    );
+    assert!(out.trim_end().ends_with("type=uevent-test"), "{out}");
+}
+
+#[test]
+#[ignore = "builds and boots a Debian image; run by tests/run-all.sh"]
+fn unit_journal_never_says_uevents_are_unavailable() {
+    let b = &boots().first;
+    assert!(
+        b.facts_with("journal ")
+            .iter()
+            .all(|l| !l.contains("uevent socket")),
+        "{:?}",
+        b.facts_with("journal ")
+    );
+}

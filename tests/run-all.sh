@@ -35,6 +35,9 @@ cargo test
 echo "== fake-tree tests that need root (mknod, tmpfs mounts)"
 cargo test --test fetch --test hostile -- --ignored
 
+echo "== an earlier build of the helper against the framed message"
+cargo test --test framing -- --ignored
+
 # The suites that boot guests are #[ignore]d, so that a contributor's
 # `cargo test` stays quick and needs no QEMU; here they run, and a guest
 # that cannot boot fails its test.

@@ -55,9 +55,14 @@ impl Host {
     }
 }
 
-/// The bytes `send` writes for `cmdline` with the test key.
+/// What `send` writes for `cmdline` with the test key: CloudStack's lines
+/// and the end line.
 fn sent(cmdline: &str) -> Vec<u8> {
-    message(cmdline, Some(KEY)).into_bytes()
+    framed(&message(cmdline, Some(KEY)))
+}
+
+fn framed(body: &str) -> Vec<u8> {
+    format!("{body}{}", vport_bootargs::wire::end_line(body.as_bytes())).into_bytes()
 }
 
 fn accept(listener: &UnixListener) -> UnixStream {
@@ -112,8 +117,8 @@ fn percent_becomes_space_and_key_newline_is_dropped_on_the_wire() {
     let out = host.run(&["-p", "a%b%%c=d"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(
-        String::from_utf8(server.join().unwrap()).unwrap(),
-        format!("pubkey:{KEY}\ncmdline:a b  c=d\n")
+        server.join().unwrap(),
+        framed(&format!("pubkey:{KEY}\ncmdline:a b  c=d\n"))
     );
 }
 
@@ -124,7 +129,7 @@ fn raw_keeps_percent_and_no_pubkey_sends_only_the_cmdline() {
     let server = thread::spawn(move || read_to_end(accept(&listener)));
     let out = host.run(&["--raw", "--no-pubkey", "-p", "a%b"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    assert_eq!(server.join().unwrap(), b"cmdline:a%b\n");
+    assert_eq!(server.join().unwrap(), framed("cmdline:a%b\n"));
 }
 
 #[test]
@@ -388,6 +393,7 @@ fn dropped_connection_is_made_again_and_the_message_resent() {
             pubkey: Some(KEY.into()),
         },
         wait_ack: Some(Duration::from_secs(30)),
+        wait_taken: Duration::from_secs(4),
         retry: vport_bootargs::host::RETRY_INTERVAL,
     };
     let outcome = vport_bootargs::host::send(&opts).unwrap();

@@ -23,8 +23,8 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use common::message;
-use harness::{Config, Entry, Guest, Order, Outcome, Run, GA_ID, VPORT_ID, VPORT_NAME};
-use vport_bootargs::wire::digest_hex;
+use harness::{Channels, Config, Entry, Guest, Order, Outcome, Run, GA_ID, VPORT_ID, VPORT_NAME};
+use vport_bootargs::wire::{digest_hex, end_line};
 
 const PUBKEY: &str =
     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHZtLXRlc3Qta2V5LWZvci12cG9ydC1ib290YXJncw vm-test@host";
@@ -634,6 +634,8 @@ fn host_reads_ack_with_sha256_of_the_cmdline_every_time() {
     let guest = boot(Config {
         scenario: "ack",
         runs: RUNS as u32,
+        // Debug lines count the reads of 0 that come right after data.
+        fetch_args: vec!["-v".into(), "--timeout".into(), "90".into()],
         ..Config::default()
     });
     let mut rtt_ms = Vec::new();
@@ -660,12 +662,19 @@ fn host_reads_ack_with_sha256_of_the_cmdline_every_time() {
     for (run, cmdline) in o.runs.iter().zip(&sent) {
         assert_stored(&o, run, cmdline);
     }
+    // The host stayed connected until the ack: every read of 0 here is the
+    // driver's late "host connected", the reason an unfinished line is kept.
+    let count = |needle: &str| o.helper_log().iter().filter(|l| l.contains(needle)).count();
+    let zeros = count("read() returned 0 right after data");
+    let ended_by_zero = count("host disconnected after a whole message");
     let (median, max) = report::median_max(&rtt_ms);
     report::record(
         "10-ack",
         &[format!(
-            "host send -> ack round trip over {RUNS} sends (host stays connected; includes the \
-             0.2 s settle and the fsyncs): median {median:.0} ms, max {max:.0} ms"
+            "unframed host send -> ack round trip over {RUNS} sends (host stays connected; helper at \
+             debug level; ends by the 0.2 s settle or a read of 0, includes the fsyncs): median \
+             {median:.0} ms, max {max:.0} ms; reads of 0 right after data with the host connected: \
+             {zeros} (messages they ended: {ended_by_zero})"
         )],
     );
 }
@@ -777,7 +786,9 @@ fn send_wait_ack_delivers_whenever_it_starts() {
         std::thread::sleep((guest.started + delay).saturating_duration_since(Instant::now()));
         let cmdline = cmdline(&format!("send-{i}"));
         let sent_at = Instant::now();
-        let out = run_send(&guest, &cmdline, &key, &["--wait-ack", "60"]);
+        // As long as the guest may take to boot: a starved TCG guest opens
+        // its port late, and a send that gives up first loses the message.
+        let out = run_send(&guest, &cmdline, &key, &["--wait-ack", "150"]);
         let acked_at = Instant::now();
         let o = guest.finish();
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -794,7 +805,9 @@ fn send_wait_ack_delivers_whenever_it_starts() {
             .map(|e| e.0)
             .unwrap_or(f64::NAN);
         let start = (sent_at - o.started).as_secs_f64();
-        let end = if o.log_has("host disconnected after a whole message") {
+        let end = if o.log_has("the end line matches") {
+            "the end line matched"
+        } else if o.log_has("host disconnected after a whole message") {
             "the helper saw the host disconnect"
         } else if o.log_has("message complete") {
             "the helper ended after the quiet time"
@@ -810,4 +823,347 @@ fn send_wait_ack_delivers_whenever_it_starts() {
         ));
     }
     report::record("40-send", &lines);
+}
+
+// ---------------------------------------------------------------------------
+// Framing, deadlines, no channel, and what the host knows (issue 10).
+
+/// `message` with the end line `send` adds.
+fn framed(body: &str) -> String {
+    format!("{body}{}", end_line(body.as_bytes()))
+}
+
+fn big_cmdline(test: &str) -> String {
+    let mut c = cmdline(test);
+    for i in 0..800 {
+        c += &format!(" key{i}=value-{i:04}");
+    }
+    c
+}
+
+/// The helper's `ports after X s: ...` debug lines, as (seconds since the
+/// helper started, the list): the moments sysfs changed while it waited.
+fn port_changes(o: &Outcome) -> Vec<(f64, String)> {
+    o.helper_log()
+        .iter()
+        .filter_map(|l| l.split("debug: ports after ").nth(1))
+        .filter_map(|r| {
+            let (t, rest) = r.split_once(" s: ")?;
+            Some((t.parse().ok()?, rest.to_owned()))
+        })
+        .collect()
+}
+
+/// A guest with only the guest agent's channel (CloudStack 4.11.3 and
+/// later), virtio_console loaded a second after fetch starts so that the
+/// helper sees QEMU add and name every port, and a stored cmdline (a
+/// reboot): fetch exits 0 soon after the ports are named, says the host
+/// provides no channel, writes nothing and keeps the stored file.
+fn no_vport_channel(channels: Channels, scenario: &'static str, label: &str) {
+    let guest = boot(Config {
+        scenario,
+        channels,
+        modules_late: true,
+        precache: true,
+        fetch_args: vec!["-v".into()],
+        ..Config::default()
+    });
+    let o = guest.finish();
+    let run = o.only_run();
+    assert_exit(&o, run, 0);
+    if !o.log_has("the host provides no channel matching pattern *.vport") {
+        fail(&o, "the helper did not say the host provides no channel");
+    }
+    let kept = Entry {
+        kind: 'f',
+        mode: 0o644,
+        content: Some(b"name=old-VM template=domP\n".to_vec()),
+    };
+    if run.entries.get("cache/cmdline") != Some(&kept) || run.entries.len() != 2 {
+        fail(&o, &format!("files changed: {:?}", run.entries));
+    }
+    assert_guest_agent_untouched(&o);
+    let changes = port_changes(&o);
+    let (first, last) = match (changes.first(), changes.last()) {
+        (Some(f), Some(l)) => (f.0, l.0),
+        _ => fail(&o, "the helper logged no port changes (-v)"),
+    };
+    report::record(
+        "50-no-channel",
+        &[format!(
+            "{label}: QEMU added and named all ports within {:.0} ms of the first one appearing \
+                 ({} changes seen by the helper, guest clock); fetch exited 0 after {:.2} s \
+                 (virtio_console loaded 1 s after start; {:.2} s after the last port was named)",
+            (last - first) * 1000.0,
+            changes.len(),
+            run.t1 - run.t0,
+            run.t1 - run.t0 - last
+        )],
+    );
+}
+
+#[test]
+#[ignore = "boots QEMU guests; run by tests/run-all.sh"]
+fn guest_agent_only_layout_exits_0_quickly_writing_nothing() {
+    no_vport_channel(
+        Channels::GuestAgentOnly,
+        "no-channel",
+        "only org.qemu.guest_agent.0",
+    );
+}
+
+#[test]
+#[ignore = "boots QEMU guests; run by tests/run-all.sh"]
+fn many_ports_none_matching_exits_0_quickly_writing_nothing() {
+    no_vport_channel(
+        Channels::GuestAgentAndOthers { extra: 14 },
+        "no-channel-many",
+        "org.qemu.guest_agent.0 and 14 other ports",
+    );
+}
+
+#[test]
+#[ignore = "boots QEMU guests; run by tests/run-all.sh"]
+fn no_virtio_console_device_exits_0_quickly_writing_nothing() {
+    let guest = boot(Config {
+        scenario: "no-device",
+        channels: Channels::NoDevice,
+        ..Config::default()
+    });
+    let o = guest.finish();
+    let run = o.only_run();
+    assert_exit(&o, run, 0);
+    assert_nothing_written(&o, run);
+    if !o.log_has("there is no virtio console device") {
+        fail(
+            &o,
+            "the helper did not say there is no virtio console device",
+        );
+    }
+    report::record(
+        "50-no-channel",
+        &[format!(
+            "no virtio-serial device: fetch exited 0 after {:.2} s",
+            run.t1 - run.t0
+        )],
+    );
+}
+
+/// A host cut off mid-line that reconnects within milliseconds and sends
+/// the whole message again (patchviasocket's lines, or `send`'s framed
+/// ones): the guest may or may not see the disconnect in between; either
+/// way the resent message is stored, never the join.
+fn cut_then_quick_resend(frame: bool, test: &str) {
+    let guest = boot(Config {
+        scenario: "quick-resend",
+        fetch_args: vec!["-v".into(), "--timeout".into(), "60".into()],
+        ..Config::default()
+    });
+    guest.wait_port(VPORT_ID, true, 1, BOOT);
+    let cmdline = cmdline(test);
+    let whole = if frame {
+        framed(&message(&cmdline, Some(PUBKEY)))
+    } else {
+        message(&cmdline, Some(PUBKEY))
+    };
+    let cut = message(&cmdline, Some(PUBKEY)).len() - 25;
+    send_and_close(&guest, &whole.as_bytes()[..cut]);
+    std::thread::sleep(Duration::from_millis(3));
+    send_and_close(&guest, whole.as_bytes());
+    let o = guest.finish();
+    assert_stored(&o, o.only_run(), &cmdline);
+    let seen = if o.log_has("ran into the host's resend") {
+        "the cut line and the resend came as one line; the resent line was kept"
+    } else {
+        "the resend started a line of its own"
+    };
+    report::record(
+        "36-quick-resend",
+        &[format!(
+            "{} host cut mid-line, resent 3 ms later: stored the resent message; {seen}",
+            if frame { "framed" } else { "unframed" }
+        )],
+    );
+}
+
+#[test]
+#[ignore = "boots QEMU guests; run by tests/run-all.sh"]
+fn cut_line_and_quick_resend_never_store_the_join() {
+    cut_then_quick_resend(false, "quick-resend");
+}
+
+#[test]
+#[ignore = "boots QEMU guests; run by tests/run-all.sh"]
+fn cut_framed_message_and_quick_resend_never_store_the_join() {
+    cut_then_quick_resend(true, "quick-resend-framed");
+}
+
+/// `send --wait-ack` started after the guest holds its port, with the
+/// helper logging at debug level: the end line completes the message, so
+/// no settle and no driver race decides when. 12 sends in one guest.
+#[test]
+#[ignore = "boots QEMU guests; run by tests/run-all.sh"]
+fn send_wait_ack_to_a_held_port_is_acked_at_the_end_line() {
+    const RUNS: usize = 12;
+    let dir = tempfile::tempdir().unwrap();
+    let key = key_file(&dir);
+    let guest = boot(Config {
+        scenario: "framed-ack",
+        runs: RUNS as u32,
+        fetch_args: vec!["-v".into(), "--timeout".into(), "90".into()],
+        ..Config::default()
+    });
+    let mut ms = Vec::new();
+    let mut sent = Vec::new();
+    for i in 1..=RUNS {
+        guest.wait_port(VPORT_ID, true, i, BOOT);
+        // QMP's event can come before the helper's epoll is armed; that
+        // makes no difference to a host that stays connected.
+        let cmdline = cmdline(&format!("framed-ack-{i}"));
+        let t = Instant::now();
+        let out = run_send(&guest, &cmdline, &key, &["--wait-ack", "60"]);
+        ms.push(t.elapsed().as_secs_f64() * 1000.0);
+        if !out.status.success() {
+            guest.fail(&format!(
+                "run {i}: send failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        sent.push(cmdline);
+    }
+    let o = guest.finish();
+    assert_eq!(o.runs.len(), RUNS);
+    for (run, cmdline) in o.runs.iter().zip(&sent) {
+        assert_stored(&o, run, cmdline);
+    }
+    let by_end = o
+        .helper_log()
+        .iter()
+        .filter(|l| l.contains("the end line matches"))
+        .count();
+    if by_end != RUNS {
+        fail(
+            &o,
+            &format!("{by_end} of {RUNS} messages were completed by their end line"),
+        );
+    }
+    // The host stayed connected until the ack every time, so each of these
+    // is the driver reporting "not connected" while the host was.
+    let zero_after_data = o
+        .helper_log()
+        .iter()
+        .filter(|l| l.contains("read() returned 0 right after data"))
+        .count();
+    let (median, max) = report::median_max(&ms);
+    report::record(
+        "10-ack",
+        &[format!(
+            "`send --wait-ack` to a guest already holding its port, helper at debug level \
+             (-v), process start to exit over {RUNS} sends: median {median:.0} ms, max {max:.0} ms; \
+             {by_end}/{RUNS} completed by the end line; reads of 0 right after data with the host \
+             connected: {zero_after_data}"
+        )],
+    );
+}
+
+/// `send` without --wait-ack closes only once QEMU has taken every byte:
+/// a message of several pages reaches a guest holding its port whole
+/// (patchviasocket's write-and-close got one page through).
+#[test]
+#[ignore = "boots QEMU guests; run by tests/run-all.sh"]
+fn send_without_wait_ack_delivers_several_pages_to_a_held_port() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = key_file(&dir);
+    let guest = boot(Config {
+        scenario: "send-once-large",
+        ..Config::default()
+    });
+    guest.wait_port(VPORT_ID, true, 1, BOOT);
+    let cmdline = big_cmdline("send-once-large");
+    let out = run_send(&guest, &cmdline, &key, &[]);
+    let o = guest.finish();
+    assert_sent(&o, &out);
+    if !String::from_utf8_lossy(&out.stderr).contains("QEMU took them all") {
+        fail(&o, "send did not say QEMU took the bytes");
+    }
+    assert_stored(&o, o.only_run(), &cmdline);
+}
+
+/// `send` without --wait-ack before the guest holds its port: QEMU does
+/// not take the bytes, and send says so with exit 75 instead of 0.
+#[test]
+#[ignore = "boots QEMU guests; run by tests/run-all.sh"]
+fn send_without_wait_ack_before_the_port_is_held_exits_75() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = key_file(&dir);
+    let guest = boot(Config {
+        scenario: "send-once-early",
+        fetch_args: vec!["--timeout".into(), "5".into()],
+        ..Config::default()
+    });
+    let out = run_send(&guest, &cmdline("early"), &key, &["--wait-taken", "0.5"]);
+    let sent_at = Instant::now();
+    let o = guest.finish();
+    let opened = o.port_events(VPORT_ID).first().map(|e| e.0);
+    let ended = (sent_at - o.started).as_secs_f64();
+    if opened.is_some_and(|t| t < ended) {
+        // The guest was quicker than this machine: nothing to show here.
+        report::note("send-once-early: the guest held its port before send ended; not checked");
+        return;
+    }
+    assert_eq!(
+        out.status.code(),
+        Some(75),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_exit(&o, o.only_run(), 69);
+    assert_nothing_written(&o, o.only_run());
+}
+
+/// A reboot with stray bytes inside the grace period (a junk line, and the
+/// cut line QEMU leaves of a message of several pages whose host closed at
+/// once): the stored cmdline is kept, exit 0, soon after the grace period.
+#[test]
+#[ignore = "boots QEMU guests; run by tests/run-all.sh"]
+fn reboot_with_stray_bytes_in_the_grace_period_keeps_the_stored_cmdline() {
+    let guest = boot(Config {
+        scenario: "reboot-stray",
+        precache: true,
+        fetch_args: vec!["--grace".into(), "3".into()],
+        ..Config::default()
+    });
+    guest.wait_port(VPORT_ID, true, 1, BOOT);
+    send_and_close(&guest, b"hello:this is not for you\n");
+    send_and_close(
+        &guest,
+        message(&big_cmdline("stray"), Some(PUBKEY)).as_bytes(),
+    );
+    let o = guest.finish();
+    let run = o.only_run();
+    assert_exit(&o, run, 0);
+    let kept = Entry {
+        kind: 'f',
+        mode: 0o644,
+        content: Some(b"name=old-VM template=domP\n".to_vec()),
+    };
+    if run.entries.get("cache/cmdline") != Some(&kept) || run.entries.len() != 2 {
+        fail(
+            &o,
+            &format!("the stored cmdline changed: {:?}", run.entries),
+        );
+    }
+    if !o.log_has("keeping those in") || !o.log_has("stray bytes") {
+        fail(
+            &o,
+            "the helper did not say it kept the stored cmdline over stray bytes",
+        );
+    }
+    report::record(
+        "30-reboot",
+        &[format!(
+            "reboot, a junk line and a cut multi-page message inside --grace 3: fetch exited 0 after {:.2} s",
+            run.t1 - run.t0
+        )],
+    );
 }

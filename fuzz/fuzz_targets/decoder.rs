@@ -1,18 +1,22 @@
 //! The line decoder against arbitrary host bytes, cut arbitrarily into
-//! reads. Byte 0 steers: its low 3 bits pick the read sizes, bit 6 ends the
-//! stream with a disconnect, bit 7 repeats the rest until it is just past
-//! the line limit (bit 5 clear) or the message limit (bit 5 set), so that a
-//! small input can make an oversized line or message. What must hold whatever the input:
+//! reads. Byte 0 steers: its low 3 bits pick the read sizes, bit 6 frames
+//! the rest (appends its end line, as `send` does, so that inputs reach the
+//! framed path), bit 4 (with bit 6) then puts a cut copy of it in front, bit 7
+//! repeats the rest until it is just past the line limit (bit 5 clear) or
+//! the message limit (bit 5 set), so that a small input can make an
+//! oversized line or message. What must hold whatever the input:
 //! - feeding it whole or in pieces gives the same verdict, and the same
 //!   message when accepted;
 //! - the unfinished line buffered never exceeds MAX_LINE + 1 bytes;
 //! - an accepted message is one line of valid text within the limits;
+//! - a framed input is decoded as the same message as its body alone, a cut
+//!   copy in front or not (the join is never taken);
 //! - an error is one line of text.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use vport_bootargs::wire::{
-    is_openssh_public_key, Decoder, Message, ProtocolError, MAX_LINE, MAX_MESSAGE,
+    end_line, is_openssh_public_key, Decoder, Message, ProtocolError, MAX_LINE, MAX_MESSAGE,
 };
 
 fuzz_target!(|data: &[u8]| {
@@ -30,9 +34,22 @@ fuzz_target!(|data: &[u8]| {
     } else {
         payload.to_vec()
     };
-    let disconnect = control & 0x40 != 0;
+    let framed = control & 0x40 != 0;
+    let body_alone = framed.then(|| decode(std::iter::once(&stream[..])));
+    let stream = if framed {
+        let mut framed_stream = Vec::new();
+        if control & 0x10 != 0 {
+            // A cut copy in front, as when the host was cut off mid-send.
+            framed_stream.extend_from_slice(&stream[..stream.len() / 2]);
+        }
+        framed_stream.extend_from_slice(&stream);
+        framed_stream.extend_from_slice(end_line(&stream).as_bytes());
+        framed_stream
+    } else {
+        stream
+    };
 
-    let whole = decode(std::iter::once(&stream[..]), disconnect);
+    let whole = decode(std::iter::once(&stream[..]));
 
     let mut max_read = [1usize, 2, 7, 64, 4096, 16 * 1024][usize::from(control & 7) % 6];
     if stream.len() > payload.len() {
@@ -54,7 +71,7 @@ fuzz_target!(|data: &[u8]| {
         rest = tail;
         Some(piece)
     });
-    let split = decode(pieces, disconnect);
+    let split = decode(pieces);
 
     assert_eq!(
         whole.is_ok(),
@@ -63,6 +80,15 @@ fuzz_target!(|data: &[u8]| {
     );
     if let (Ok(a), Ok(b)) = (&whole, &split) {
         assert_eq!(a, b);
+    }
+    // Framed: when the body alone gives a message, the framed stream gives
+    // that same message, with or without a cut copy in front (bodies that
+    // hold end lines of their own are left out: unframed, those count).
+    let has_end = payload.windows(4).any(|w| w == b"end:");
+    if let (Some(Ok(Some(alone))), Ok(Some(got))) = (&body_alone, &whole) {
+        if !has_end {
+            assert_eq!(alone, got, "framed and unframed disagree");
+        }
     }
     for result in [whole, split] {
         match result {
@@ -73,10 +99,7 @@ fuzz_target!(|data: &[u8]| {
     }
 });
 
-fn decode<'a>(
-    pieces: impl Iterator<Item = &'a [u8]>,
-    disconnect: bool,
-) -> Result<Option<Message>, ProtocolError> {
+fn decode<'a>(pieces: impl Iterator<Item = &'a [u8]>) -> Result<Option<Message>, ProtocolError> {
     let mut d = Decoder::new();
     for piece in pieces {
         d.feed(piece)?;
@@ -87,11 +110,7 @@ fn decode<'a>(
         );
         d.drain_lines();
     }
-    if disconnect {
-        d.disconnect();
-        assert_eq!(d.pending(), 0);
-    }
-    Ok(d.take())
+    d.finish()
 }
 
 fn check_message(m: &Message) {

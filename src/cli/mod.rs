@@ -146,6 +146,10 @@ pub struct FetchArgs {
     /// Seconds of quiet after a cmdline line, host still connected, that end the message.
     #[arg(long, value_name = "SECS", value_parser = secs, default_value_t = defaults::SETTLE_SECS)]
     pub settle: f64,
+    /// Seconds the virtio ports must stay all named and unchanged, none matching,
+    /// before the host counts as offering no channel (exit 0, nothing written).
+    #[arg(long, value_name = "SECS", value_parser = secs, default_value_t = defaults::NO_CHANNEL_AFTER_SECS)]
+    pub no_channel_after: f64,
     /// Directory for `cmdline` and `authorized_keys`.
     #[arg(long, value_name = "DIR", default_value = defaults::CACHE_DIR)]
     pub cache_dir: PathBuf,
@@ -201,6 +205,12 @@ pub struct SendArgs {
     /// every 200 ms, sending the message again on each new connection.
     #[arg(long, value_name = "SECS", value_parser = secs)]
     pub wait_ack: Option<f64>,
+    /// Without --wait-ack: wait at most SECS, before closing, for QEMU to take
+    /// every byte from the socket (it does once the guest holds its port open,
+    /// and drops what it has not taken when we close); exit 75 if it has not.
+    /// The default fits the CloudStack agent's 5 s limit on the script.
+    #[arg(long, value_name = "SECS", value_parser = secs, default_value_t = defaults::WAIT_TAKEN_SECS)]
+    pub wait_taken: f64,
 }
 
 fn secs(s: &str) -> std::result::Result<f64, String> {

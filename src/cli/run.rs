@@ -51,10 +51,11 @@ pub fn run(cli: Cli) -> Result<i32> {
                 port_timeout: Duration::from_secs_f64(args.port_timeout),
                 grace: Duration::from_secs_f64(args.grace),
                 settle: Duration::from_secs_f64(args.settle),
+                no_channel_after: Duration::from_secs_f64(args.no_channel_after),
                 ack: !args.no_ack,
             };
             match fetch::fetch(&opts)? {
-                Outcome::Stored { .. } | Outcome::KeptStored => Ok(exit::OK),
+                Outcome::Stored { .. } | Outcome::KeptStored | Outcome::NoChannel => Ok(exit::OK),
             }
         }
         Command::Ports { json, select } => {
@@ -150,6 +151,7 @@ pub fn run(cli: Cli) -> Result<i32> {
                 raw: args.raw,
                 pubkey_file: (!args.no_pubkey).then_some(args.pubkey_file),
                 wait_ack: args.wait_ack.map(Duration::from_secs_f64),
+                wait_taken: Duration::from_secs_f64(args.wait_taken),
             };
             host::send(&host::resolve(&request)?)?;
             Ok(exit::OK)

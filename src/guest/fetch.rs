@@ -3,10 +3,11 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use super::port::{PortReader, Received};
+use super::port::{Deadlines, PortReader, Received};
 use super::ports::{Selector, GUEST_AGENT_PORT};
 use super::store::{self, Targets};
-use super::wait::wait_for_port;
+use super::wait::{wait_for_port, Found};
+use crate::defaults::ARRIVING_QUIET_SECS;
 use crate::error::{Error, Result};
 use crate::wire::{ack_line, Decoder};
 use crate::{deadline, info, warn};
@@ -23,8 +24,11 @@ pub struct FetchOptions {
     pub port_timeout: Duration,
     /// Waiting for fresh data when a cmdline is already stored.
     pub grace: Duration,
-    /// Quiet time after a cmdline line that ends the message.
+    /// Quiet time after a cmdline line that ends an unframed message.
     pub settle: Duration,
+    /// How long the ports must stay all named and unchanged, none
+    /// matching, before the host counts as offering no channel.
+    pub no_channel_after: Duration,
     /// Write `ack:<sha256>` back; false opens the port read-only.
     pub ack: bool,
 }
@@ -35,6 +39,9 @@ pub enum Outcome {
     Stored { port: String, pubkey: bool },
     /// Nothing fresh within the grace period; the stored cmdline stays.
     KeptStored,
+    /// The host offers no matching port (CloudStack 4.11.3 and later: only
+    /// the guest agent's); nothing was read or written.
+    NoChannel,
 }
 
 pub fn fetch(opts: &FetchOptions) -> Result<Outcome> {
@@ -66,59 +73,74 @@ pub fn fetch(opts: &FetchOptions) -> Result<Outcome> {
     // this starts (virtio_console loaded late by udev, seen in the image
     // test), and waiting for it only `grace` would drop fresh parameters.
     let port_wait = opts.port_timeout;
-    let Some(port) = wait_for_port(
+    let port = match wait_for_port(
         &opts.sysfs_root,
         &opts.dev_root,
         &opts.selector,
         deadline::after(start, port_wait),
-    )?
-    else {
-        if reboot {
-            return kept(opts);
+        opts.no_channel_after,
+    )? {
+        Found::Port(port) => port,
+        Found::NoChannel(what) => {
+            info!(
+                "the host provides no channel matching {} ({what}, unchanged for {:.1} s); CloudStack \
+                 4.11.3 and later send the parameters through the QEMU guest agent instead; nothing to do",
+                opts.selector.describe(),
+                opts.no_channel_after.as_secs_f64()
+            );
+            return Ok(Outcome::NoChannel);
         }
-        return Err(Error::NoPort {
-            pattern: opts.selector.describe(),
-            dir: opts.sysfs_root.join("class/virtio-ports"),
-            secs: port_wait.as_secs_f64(),
-        });
+        Found::TimedOut if reboot => return kept(opts, None),
+        Found::TimedOut => {
+            return Err(Error::NoPort {
+                pattern: opts.selector.describe(),
+                dir: opts.sysfs_root.join("class/virtio-ports"),
+                secs: port_wait.as_secs_f64(),
+            })
+        }
     };
     store::check_targets(&opts.targets)?;
     let mut reader = PortReader::open(&port, opts.ack)?;
     let opened = Instant::now();
     let mut decoder = Decoder::new();
-    let first_wait = if reboot { opts.grace } else { opts.timeout };
-    let mut received = reader.receive(
-        &mut decoder,
-        deadline::after(opened, first_wait),
-        opts.settle,
-    )?;
-    if reboot && matches!(received, Received::TimedOut) && decoder.received_any() {
-        // Data started arriving within the grace period: the host is
-        // sending, so give it the full timeout to finish.
-        info!(
-            "fresh data is arriving; waiting up to {:?} for the rest",
-            opts.timeout
-        );
-        received = reader.receive(
-            &mut decoder,
-            deadline::after(opened, opts.timeout),
-            opts.settle,
-        )?;
-    }
-    let message = match received {
+    // On a reboot the wait ends with the grace period, unless a message is
+    // arriving then; never past --timeout either way.
+    let hard = deadline::after(opened, opts.timeout);
+    let soft = if reboot {
+        deadline::after(opened, opts.grace).min(hard)
+    } else {
+        hard
+    };
+    let deadlines = Deadlines {
+        soft,
+        hard,
+        quiet: Duration::from_secs_f64(ARRIVING_QUIET_SECS),
+        settle: opts.settle,
+    };
+    let message = match reader.receive(&mut decoder, &deadlines)? {
         Received::Message(m) => m,
-        Received::TimedOut if reboot && !decoder.received_any() => return kept(opts),
         Received::TimedOut => {
-            if decoder.pending() > 0 {
-                warn!(
-                    "dropping {} bytes of an unfinished line at the deadline",
-                    decoder.pending()
-                );
+            match decoder.finish() {
+                // Good data is never thrown away at a deadline.
+                Ok(Some(m)) => {
+                    info!("the deadline came with a whole cmdline; storing it without waiting any longer");
+                    m
+                }
+                Err(e) => return Err(reader.bad_data(e)),
+                Ok(None) if reboot => return kept(opts, Some(&decoder)),
+                Ok(None) => {
+                    if decoder.pending() > 0 {
+                        warn!(
+                            "dropped {} bytes of an unfinished line at the deadline",
+                            decoder.pending()
+                        );
+                    }
+                    return Err(Error::Timeout {
+                        name: reader.label().to_owned(),
+                        secs: opts.timeout.as_secs_f64(),
+                    });
+                }
             }
-            return Err(Error::Timeout {
-                name: reader.label().to_owned(),
-                secs: if reboot { opts.timeout } else { first_wait }.as_secs_f64(),
-            });
         }
     };
     store::store(&message, &opts.targets)?;
@@ -141,9 +163,19 @@ pub fn fetch(opts: &FetchOptions) -> Result<Outcome> {
     })
 }
 
-fn kept(opts: &FetchOptions) -> Result<Outcome> {
+/// Keeps the stored parameters, saying in one line what (if anything)
+/// came instead of a whole message.
+fn kept(opts: &FetchOptions, decoder: Option<&Decoder>) -> Result<Outcome> {
+    let what = match decoder {
+        Some(d) if d.pending() > 0 => format!(
+            " (only stray bytes came, and {} bytes of an unfinished line)",
+            d.pending()
+        ),
+        Some(d) if d.received_any() => " (only stray bytes came)".to_owned(),
+        _ => String::new(),
+    };
     info!(
-        "no fresh parameters within the grace period of {:?}; keeping those in {}",
+        "no fresh parameters within the grace period of {:?}{what}; keeping those in {}",
         opts.grace,
         opts.targets.cmdline().display()
     );

@@ -28,8 +28,8 @@ use nix::sys::stat::{major, minor};
 
 use super::ports::Port;
 use crate::error::{Error, Result};
-use crate::wire::{Decoder, Line, Message};
-use crate::{deadline, debug, info};
+use crate::wire::{nak_line, Decoder, Line, Message};
+use crate::{deadline, debug, info, warn};
 
 /// An open port, held until dropped.
 pub struct PortReader {
@@ -37,13 +37,28 @@ pub struct PortReader {
     epoll: Epoll,
     label: String,
     port: Port,
+    writable: bool,
+}
+
+/// When a wait for the message ends.
+#[derive(Debug, Clone, Copy)]
+pub struct Deadlines {
+    /// Where the wait ends, unless data is still arriving ...
+    pub soft: Instant,
+    /// ... then it goes on while bytes of a cmdline, pubkey or end line
+    /// keep coming within `quiet` of each other, but never past `hard`.
+    pub hard: Instant,
+    pub quiet: Duration,
+    /// Quiet time, host still connected, that completes an unframed message.
+    pub settle: Duration,
 }
 
 /// How a wait for the message ended.
 #[derive(Debug)]
 pub enum Received {
     Message(Message),
-    /// The deadline passed without a whole message.
+    /// The deadline passed without a whole message; the decoder holds
+    /// whatever came.
     TimedOut,
 }
 
@@ -79,6 +94,7 @@ impl PortReader {
             epoll,
             label,
             port: port.clone(),
+            writable,
         })
     }
 
@@ -86,36 +102,55 @@ impl PortReader {
         &self.label
     }
 
-    /// Reads until `decoder` holds a whole message or `deadline` passes. A
-    /// message is whole once a cmdline line has arrived and the host has
-    /// disconnected or sent nothing more for `settle`.
-    pub fn receive(
-        &mut self,
-        decoder: &mut Decoder,
-        deadline: Instant,
-        settle: Duration,
-    ) -> Result<Received> {
+    /// Reads until `decoder` holds a whole message or the deadlines pass.
+    ///
+    /// A framed message is whole the moment its end line arrives and
+    /// matches. An unframed one (patchviasocket.py) once a cmdline line has
+    /// arrived, no cmdline, pubkey or end line is half-way, and the host
+    /// disconnected or sent nothing that counts for `settle`; ignored lines
+    /// do not count.
+    ///
+    /// read() == 0 does not drop an unfinished line: the driver reports
+    /// "host connected" on its control virtqueue, after the data that came
+    /// on the data virtqueue, so a read right after the data can return 0
+    /// while the host is still there and still sending. If the host did
+    /// leave, its resend runs into the kept bytes, and the decoder's merge
+    /// rule keeps only the resend.
+    pub fn receive(&mut self, decoder: &mut Decoder, d: &Deadlines) -> Result<Received> {
         let mut buf = vec![0u8; 16 * 1024];
-        let mut quiet_since: Option<Instant> = None;
+        let mut progress = decoder.progress();
+        let mut last_progress: Option<Instant> = None;
+        let mut last_bytes: Option<Instant> = None;
+        let mut logged_pending = 0;
         loop {
             // Drain everything readable: with an edge-triggered epoll, a
             // wake-up is only promised for what happens after this.
             let mut disconnected = false;
+            let mut got_data = false;
             loop {
                 match self.file.read(&mut buf) {
                     Ok(0) => {
+                        if got_data {
+                            // The case that makes read() == 0 no proof of a
+                            // disconnect; counted by tests/vm.rs.
+                            debug!(
+                                "read() returned 0 right after data ({} bytes of a line pending)",
+                                decoder.pending()
+                            );
+                        }
                         disconnected = true;
                         break;
                     }
                     Ok(n) => {
-                        decoder.feed(&buf[..n]).map_err(|e| Error::BadData {
-                            port: self.label.clone(),
-                            problem: e.to_string(),
-                        })?;
+                        got_data = true;
+                        last_bytes = Some(Instant::now());
+                        decoder.feed(&buf[..n]).map_err(|e| self.bad_data(e))?;
                         for line in decoder.drain_lines() {
-                            log_line(&line);
+                            self.log_line(&line);
                         }
-                        quiet_since = Some(Instant::now());
+                        if decoder.framed() {
+                            break;
+                        }
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -128,34 +163,112 @@ impl PortReader {
                     Err(e) => return Err(Error::io("cannot read port", &self.port.node, e)),
                 }
             }
-            if disconnected {
-                let dropped = decoder.disconnect();
-                if dropped > 0 {
+            let now = Instant::now();
+            if decoder.progress() != progress {
+                progress = decoder.progress();
+                last_progress = Some(now);
+            }
+            if decoder.framed() {
+                if decoder.after_end() > 0 {
                     info!(
-                        "host disconnected in the middle of a line; dropped {dropped} bytes, waiting for it again"
+                        "ignored {} bytes after the end line (not part of the message)",
+                        decoder.after_end()
                     );
                 }
-                if let Some(m) = decoder.take() {
+                return self.conclude(decoder);
+            }
+            if disconnected {
+                let pending = decoder.pending();
+                if pending > 0 && pending != logged_pending {
+                    info!(
+                        "host disconnected in the middle of a line ({pending} bytes so far); keeping them, \
+                         as the driver can report a disconnect right after data while the host is still there: \
+                         a resend that runs into them is recovered"
+                    );
+                    logged_pending = pending;
+                }
+                if decoder.can_conclude() {
                     debug!("host disconnected after a whole message");
-                    return Ok(Received::Message(m));
+                    return self.conclude(decoder);
                 }
             }
-            let now = Instant::now();
-            if decoder.has_cmdline() {
-                let since = quiet_since.unwrap_or(now);
-                if now >= deadline::after(since, settle) {
-                    debug!("nothing more from the host for {settle:?}; message complete");
-                    return Ok(Received::Message(decoder.take().expect("has cmdline")));
+            let settle_from = last_progress.or(last_bytes).unwrap_or(now);
+            if decoder.can_conclude() && now >= deadline::after(settle_from, d.settle) {
+                debug!(
+                    "nothing more from the host for {:?}; message complete",
+                    d.settle
+                );
+                return self.conclude(decoder);
+            }
+            let arriving_until = last_progress.map(|t| deadline::after(t, d.quiet));
+            if now >= d.soft {
+                let arriving = arriving_until.is_some_and(|t| now < t);
+                if now >= d.hard || !arriving {
+                    return Ok(Received::TimedOut);
                 }
             }
-            if now >= deadline {
-                return Ok(Received::TimedOut);
+            let mut until = d.hard;
+            if now < d.soft {
+                until = until.min(d.soft);
+            } else if let Some(t) = arriving_until {
+                until = until.min(t);
             }
-            let mut until = deadline;
-            if decoder.has_cmdline() {
-                until = until.min(deadline::after(quiet_since.unwrap_or(now), settle));
+            if decoder.can_conclude() {
+                until = until.min(deadline::after(settle_from, d.settle));
             }
             self.wait(until)?;
+        }
+    }
+
+    fn conclude(&self, decoder: &mut Decoder) -> Result<Received> {
+        match decoder.finish() {
+            Ok(Some(m)) => Ok(Received::Message(m)),
+            Ok(None) => Ok(Received::TimedOut),
+            Err(e) => Err(self.bad_data(e)),
+        }
+    }
+
+    pub fn bad_data(&self, e: crate::wire::ProtocolError) -> Error {
+        Error::BadData {
+            port: self.label.clone(),
+            problem: e.to_string(),
+        }
+    }
+
+    fn log_line(&mut self, line: &Line) {
+        match line {
+            Line::Cmdline => info!("received a cmdline line"),
+            Line::Pubkey => info!("received a pubkey line"),
+            Line::Empty => debug!("ignored an empty line"),
+            Line::Unknown(start) => debug!("ignored a line with an unknown prefix: {start:?}"),
+            Line::Joined { dropped } => info!(
+                "a cut line ran into the host's resend: dropped {dropped} bytes of it (and the cut message's \
+                 earlier lines), kept the resent line"
+            ),
+            Line::End { len } => {
+                debug!("the end line matches the {len} bytes before it; message complete")
+            }
+            Line::EndMismatch { why, discarded } => {
+                warn!("discarded {discarded} bytes: {why}; waiting for the message again");
+                self.nak(why);
+            }
+            Line::Refused(e) => debug!(
+                "refused {e}; final once the message is, unless an end line shows a damaged copy"
+            ),
+        }
+    }
+
+    /// Tells the host to send again, best effort: one non-blocking write,
+    /// only on a port opened for writing.
+    fn nak(&mut self, why: &str) {
+        if !self.writable {
+            return;
+        }
+        let line = nak_line(why);
+        match self.file.write(line.as_bytes()) {
+            Ok(n) if n == line.len() => debug!("asked the host to send again"),
+            Ok(n) => debug!("asking the host to send again was cut short after {n} bytes"),
+            Err(e) => debug!("could not ask the host to send again ({e})"),
         }
     }
 
@@ -208,15 +321,6 @@ impl PortReader {
                 Err(e) => return debug!("ack not sent ({e}); the host is not listening"),
             }
         }
-    }
-}
-
-fn log_line(line: &Line) {
-    match line {
-        Line::Cmdline => info!("received a cmdline line"),
-        Line::Pubkey => info!("received a pubkey line"),
-        Line::Empty => debug!("ignored an empty line"),
-        Line::Unknown(start) => debug!("ignored a line with an unknown prefix: {start:?}"),
     }
 }
 

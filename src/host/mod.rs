@@ -11,7 +11,9 @@
 //! - if the host disconnects before that, they are dropped.
 //!
 //! patchviasocket writes and closes at once, so it delivers only when the
-//! guest already holds the port open. With `--wait-ack` we stay connected
+//! guest already holds the port open, and says nothing either way. Without
+//! `--wait-ack` we close only once QEMU has taken every byte (SIOCOUTQ is 0),
+//! or exit 75 when it has not within `--wait-taken`. With `--wait-ack` we stay connected
 //! instead, so the bytes wait in the socket until the guest opens the port,
 //! and we stop when the guest's `ack:<sha256 of the cmdline>` line comes back.
 //! A connection that cannot be made yet (no socket, refused) or that drops

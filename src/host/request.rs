@@ -27,6 +27,8 @@ pub struct SendRequest {
     /// The public key file; None sends no `pubkey:` line.
     pub pubkey_file: Option<PathBuf>,
     pub wait_ack: Option<Duration>,
+    /// Without `wait_ack`: how long to wait for QEMU to take the bytes.
+    pub wait_taken: Duration,
 }
 
 /// Resolves a request: socket path, cmdline text, public key, all checked
@@ -58,6 +60,7 @@ pub fn resolve(req: &SendRequest) -> Result<SendOptions> {
         socket,
         message: Message { cmdline, pubkey },
         wait_ack: req.wait_ack,
+        wait_taken: req.wait_taken,
         retry: RETRY_INTERVAL,
     })
 }

@@ -15,8 +15,8 @@ use crate::wire::{digest_hex, encode, Message, Reply, ReplyScanner};
 use crate::{deadline, debug, info, warn};
 
 use super::socket::{
-    connect, connect_error, dropped, no_channel, not_yet, retryable, wait_for, write_before,
-    write_error,
+    connect, connect_error, dropped, no_channel, not_yet, retryable, wait_for, wait_taken,
+    write_before, write_error, Taken,
 };
 
 /// Pause between connection attempts while waiting for an ack: short, since
@@ -25,8 +25,6 @@ pub const RETRY_INTERVAL: Duration = Duration::from_millis(200);
 /// Without `--wait-ack`: how long QEMU may take to accept the bytes. They
 /// normally fit in the socket's buffer and the write returns at once.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-/// What QEMU passes on from a host that writes and closes at once.
-const CLOSE_AT_ONCE_LIMIT: usize = 4096;
 /// What `send` does, with the command line resolved.
 #[derive(Debug, Clone)]
 pub struct SendOptions {
@@ -35,13 +33,17 @@ pub struct SendOptions {
     /// `None`: send and close (patchviasocket). `Some`: wait this long for
     /// the guest's ack, reconnecting and resending as needed.
     pub wait_ack: Option<Duration>,
+    /// Without `wait_ack`: how long to wait, before closing, for QEMU to
+    /// take every byte from the socket.
+    pub wait_taken: Duration,
     pub retry: Duration,
 }
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Outcome {
-    /// Written and closed; nothing is known about the guest.
-    Sent { bytes: usize },
+    /// Written, taken by QEMU from the socket (so passed to a guest that
+    /// holds its port open), and closed.
+    Taken { bytes: usize, after: Duration },
     /// The guest acknowledged this cmdline.
     Acked {
         after: Duration,
@@ -53,30 +55,48 @@ pub enum Outcome {
 pub fn send(opts: &SendOptions) -> Result<Outcome> {
     let bytes = encode(&opts.message);
     match opts.wait_ack {
-        None => send_once(&opts.socket, &bytes),
+        None => send_once(&opts.socket, &bytes, opts.wait_taken),
         Some(wait) => send_until_acked(opts, &bytes, wait),
     }
 }
 
-/// patchviasocket's behaviour: connect, write, close.
-fn send_once(path: &Path, bytes: &[u8]) -> Result<Outcome> {
-    if bytes.len() > CLOSE_AT_ONCE_LIMIT {
-        // Measured in tests/vm.rs: a host that closes at once gets one page
-        // through QEMU, even to a guest holding its port open.
-        warn!(
-            "the message is {} bytes; closing at once, only the first {CLOSE_AT_ONCE_LIMIT} reach the guest: use --wait-ack",
-            bytes.len()
-        );
-    }
+/// patchviasocket's behaviour, connect, write, close, except that it closes
+/// only once QEMU has taken every byte from the socket (or `wait` has
+/// passed: exit 75). QEMU reads the host's socket only while the guest
+/// holds the port open, and drops what it has not read when the host
+/// closes (even a held port got only the first 4 KiB of a larger message
+/// from a host that closed at once); its send queue (SIOCOUTQ) says what it
+/// has not read yet.
+fn send_once(path: &Path, bytes: &[u8], wait: Duration) -> Result<Outcome> {
+    let start = Instant::now();
     let stream = connect(path).map_err(|e| connect_error(path, e))?;
     let (written, result) = write_before(&stream, bytes, deadline::in_(WRITE_TIMEOUT));
     result.map_err(|e| write_error(path, written, bytes.len(), e))?;
-    info!(
-        "sent {} bytes to {} and closed; not waiting for an ack (QEMU drops them if the guest does not hold its port open: see --wait-ack)",
-        bytes.len(),
-        path.display()
-    );
-    Ok(Outcome::Sent { bytes: bytes.len() })
+    match wait_taken(&stream, deadline::after(start, wait))
+        .map_err(|e| Error::io("cannot wait on", path, e))?
+    {
+        Taken::All => {
+            let after = start.elapsed();
+            info!(
+                "sent {} bytes to {}; QEMU took them all after {:.3} s (the guest holds its port open); closed",
+                bytes.len(),
+                path.display(),
+                after.as_secs_f64()
+            );
+            Ok(Outcome::Taken {
+                bytes: bytes.len(),
+                after,
+            })
+        }
+        Taken::Closed => Err(Error::Unavailable(format!(
+            "{}: QEMU closed the connection before taking the message (VM stopped?)",
+            path.display()
+        ))),
+        Taken::NotYet => Err(Error::NotTaken {
+            path: path.to_owned(),
+            secs: wait.as_secs_f64(),
+        }),
+    }
 }
 
 /// What was tried, for the message at the deadline.
@@ -223,6 +243,27 @@ fn converse(
                     );
                     tries.wrong_acks += 1;
                     tries.last_wrong = Some(hash);
+                }
+                Reply::Nak(why) => {
+                    // The guest discarded a damaged copy (its end line did
+                    // not match); it waits for the message again.
+                    warn!("the guest discarded the message ({why}); sending it again");
+                    let (written, result) = write_before(stream, bytes, deadline);
+                    match result {
+                        Ok(()) => tries.sends += 1,
+                        Err(e) if dropped(&e) => {
+                            return Ok(Conversation::Dropped(format!(
+                                "the connection was closed after {written} of {} bytes ({e})",
+                                bytes.len()
+                            )))
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                            return Ok(Conversation::Deadline(
+                                "the guest asked for the message again; QEMU did not take all of it".into(),
+                            ))
+                        }
+                        Err(e) => return Err(Error::io("cannot write to", path, e)),
+                    }
                 }
                 Reply::Other(start) => debug!("ignored a line from the guest: {start:?}"),
             }

@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags};
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
 use nix::sys::socket::{self, AddressFamily, MsgFlags, SockFlag, SockType, UnixAddr};
 
 use crate::deadline;
@@ -161,6 +162,67 @@ pub(super) fn write_before(
         }
     }
     (written, Ok(()))
+}
+
+// SIOCOUTQ is TIOCOUTQ on Linux (include/uapi/linux/sockios.h); on a unix
+// stream socket it is what the peer has not read yet (skb memory, not
+// bytes: 768 for a 159-byte message).
+nix::ioctl_read_bad!(siocoutq, nix::libc::TIOCOUTQ, nix::libc::c_int);
+
+/// What the peer (QEMU) has not read yet, as SIOCOUTQ counts it.
+pub(super) fn unread(stream: &UnixStream) -> io::Result<usize> {
+    let mut n: nix::libc::c_int = 0;
+    // SAFETY: the fd is open for the call, and the ioctl writes one c_int.
+    unsafe { siocoutq(stream.as_raw_fd(), &mut n) }.map_err(io::Error::from)?;
+    Ok(usize::try_from(n).unwrap_or(0))
+}
+
+/// How a wait for QEMU to take what was written ended.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Taken {
+    All,
+    NotYet,
+    /// The peer closed the connection first.
+    Closed,
+}
+
+/// Waits until the peer has read everything written to `stream`, or
+/// `deadline`. Each skb the peer consumes wakes the socket's writers
+/// (unix_write_space, EPOLLOUT), so an edge-triggered epoll sleeps until
+/// then; a check every RECHECK is only the safety net.
+pub(super) fn wait_taken(stream: &UnixStream, deadline: Instant) -> io::Result<Taken> {
+    const RECHECK: std::time::Duration = std::time::Duration::from_millis(500);
+    let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
+    let flags = EpollFlags::EPOLLOUT | EpollFlags::EPOLLRDHUP | EpollFlags::EPOLLET;
+    epoll.add(stream.as_fd(), EpollEvent::new(flags, 0))?;
+    loop {
+        let left = unread(stream)?;
+        if left == 0 {
+            return Ok(Taken::All);
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Ok(Taken::NotYet);
+        }
+        let mut events = [EpollEvent::empty(); 1];
+        let until = deadline.min(now + RECHECK);
+        match epoll.wait(&mut events, deadline::epoll_timeout(until)) {
+            Ok(1)
+                if events[0]
+                    .events()
+                    .intersects(EpollFlags::EPOLLHUP | EpollFlags::EPOLLRDHUP) =>
+            {
+                // Hung up: what it did not read is gone, unless it read it all.
+                return Ok(if unread(stream)? == 0 {
+                    Taken::All
+                } else {
+                    Taken::Closed
+                });
+            }
+            Ok(_) | Err(Errno::EINTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 /// Sleeps in poll() until `fd` has one of `events` (or an error or hangup,

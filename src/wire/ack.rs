@@ -1,10 +1,11 @@
 //! Guest to host: `ack:<lowercase hex sha256 of the cmdline text>\n`, written
-//! by the guest once the files are stored; [`ReplyScanner`] picks acks out of
-//! the guest's bytes on the host.
+//! by the guest once the files are stored, and `nak:<reason>\n` when a
+//! framed message's end line did not match (the host should send it again);
+//! [`ReplyScanner`] picks them out of the guest's bytes on the host.
 
 use sha2::{Digest, Sha256};
 
-use super::ACK_PREFIX;
+use super::{ACK_PREFIX, NAK_PREFIX};
 
 /// Longest line from the guest we look at; an ack is 68 bytes.
 pub const MAX_REPLY_LINE: usize = 1024;
@@ -12,6 +13,16 @@ pub const MAX_REPLY_LINE: usize = 1024;
 /// The acknowledgement line the guest writes back after storing `cmdline`.
 pub fn ack_line(cmdline: &str) -> String {
     format!("{ACK_PREFIX}{}\n", digest_hex(cmdline.as_bytes()))
+}
+
+/// The line the guest writes back when it discarded a framed message.
+pub fn nak_line(reason: &str) -> String {
+    let reason: String = reason
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(200)
+        .collect();
+    format!("{NAK_PREFIX}{reason}\n")
 }
 
 /// Lowercase hex SHA-256 of `data`.
@@ -24,6 +35,8 @@ pub fn digest_hex(data: &[u8]) -> String {
 pub enum Reply {
     /// `ack:<hex>`, the hex lowercased.
     Ack(String),
+    /// `nak:<reason>`: the guest discarded what it got; send again.
+    Nak(String),
     /// Anything else (its start, for the log).
     Other(String),
 }
@@ -73,10 +86,13 @@ impl ReplyScanner {
 fn classify(line: &[u8]) -> Reply {
     let line = line.strip_suffix(b"\r").unwrap_or(line);
     let text = String::from_utf8_lossy(line);
-    match text.strip_prefix(ACK_PREFIX) {
-        Some(hex) => Reply::Ack(hex.trim().to_ascii_lowercase()),
-        None => Reply::Other(text.chars().take(40).collect()),
+    if let Some(hex) = text.strip_prefix(ACK_PREFIX) {
+        return Reply::Ack(hex.trim().to_ascii_lowercase());
     }
+    if let Some(reason) = text.strip_prefix(NAK_PREFIX) {
+        return Reply::Nak(reason.chars().take(200).collect());
+    }
+    Reply::Other(text.chars().take(40).collect())
 }
 
 #[cfg(test)]
@@ -96,8 +112,12 @@ mod tests {
     fn replies_are_acks_or_ignored_lines() {
         let mut s = ReplyScanner::new();
         assert_eq!(
-            s.feed(b"hello\r\nack:ABC\nack:de"),
-            vec![Reply::Other("hello".into()), Reply::Ack("abc".into())]
+            s.feed(b"hello\r\nack:ABC\nnak:x y\nack:de"),
+            vec![
+                Reply::Other("hello".into()),
+                Reply::Ack("abc".into()),
+                Reply::Nak("x y".into())
+            ]
         );
         assert_eq!(s.feed(b"f\r\n"), vec![Reply::Ack("def".into())]);
     }

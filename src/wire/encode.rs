@@ -2,6 +2,8 @@
 //! that refuse, before anything is sent, what the guest's decoder would
 //! refuse or misread.
 
+use super::decode::joined_at;
+use super::end::end_line;
 use super::{is_openssh_public_key, Message, CMDLINE_PREFIX, MAX_LINE, PUBKEY_PREFIX};
 
 /// What the guest would refuse or misread in a cmdline (wire::decode::Decoder):
@@ -13,6 +15,11 @@ pub fn check_cmdline(cmdline: &str) -> std::result::Result<(), String> {
     if let Some(c) = cmdline.chars().find(|c| matches!(c, '\n' | '\r' | '\0')) {
         return Err(format!(
             "contains {c:?}; the cmdline must be one line without NUL bytes"
+        ));
+    }
+    if joined_at(format!("{CMDLINE_PREFIX}{cmdline}").as_bytes()).is_some() {
+        return Err(format!(
+            "contains {CMDLINE_PREFIX:?} or {PUBKEY_PREFIX:?}; the guest would take the line for a cut line joined to a resend"
         ));
     }
     let limit = MAX_LINE - CMDLINE_PREFIX.len();
@@ -40,12 +47,26 @@ pub fn pubkey_line(text: &str) -> std::result::Result<String, String> {
     if !is_openssh_public_key(key) {
         return Err("is not an OpenSSH public key (\"<type> <base64> [comment]\")".into());
     }
+    if joined_at(format!("{PUBKEY_PREFIX}{key}").as_bytes()).is_some() {
+        return Err(format!(
+            "contains {CMDLINE_PREFIX:?} or {PUBKEY_PREFIX:?}; the guest would take the line for a cut line joined to a resend"
+        ));
+    }
     Ok(key.to_owned())
 }
 
-/// The bytes on the wire, CloudStack's format: `pubkey:<key>\ncmdline:<text>\n`,
-/// or only the cmdline line without a key.
+/// The bytes on the wire: CloudStack's lines ([`encode_unframed`]) and the
+/// end line with their length and digest.
 pub fn encode(message: &Message) -> Vec<u8> {
+    let mut bytes = encode_unframed(message);
+    let end = end_line(&bytes);
+    bytes.extend_from_slice(end.as_bytes());
+    bytes
+}
+
+/// CloudStack's format as patchviasocket.py sends it:
+/// `pubkey:<key>\ncmdline:<text>\n`, or only the cmdline line without a key.
+pub fn encode_unframed(message: &Message) -> Vec<u8> {
     let mut out = String::new();
     if let Some(key) = &message.pubkey {
         out.push_str(PUBKEY_PREFIX);
@@ -70,12 +91,21 @@ mod tests {
             cmdline: "a=1 b=2".into(),
             pubkey: Some(KEY.into()),
         };
+        let body = format!("pubkey:{KEY}\ncmdline:a=1 b=2\n");
+        assert_eq!(encode_unframed(&m), body.as_bytes());
+        let framed = String::from_utf8(encode(&m)).unwrap();
+        let (head, end) = framed.split_at(body.len());
+        assert_eq!(head, body);
         assert_eq!(
-            encode(&m),
-            format!("pubkey:{KEY}\ncmdline:a=1 b=2\n").into_bytes()
+            end,
+            format!(
+                "end:{} {}\n",
+                body.len(),
+                crate::wire::digest_hex(body.as_bytes())
+            )
         );
         let m = Message { pubkey: None, ..m };
-        assert_eq!(encode(&m), b"cmdline:a=1 b=2\n");
+        assert_eq!(encode_unframed(&m), b"cmdline:a=1 b=2\n");
     }
 
     #[test]
@@ -102,6 +132,9 @@ mod tests {
         assert!(check_cmdline("a=1\ncmdline:b=2").is_err());
         assert!(check_cmdline("a=1\rb").is_err());
         assert!(check_cmdline("a\0b").is_err());
+        assert!(check_cmdline("a=1 b=cmdline:2").is_err());
+        assert!(check_cmdline("a=pubkey:x").is_err());
+        assert!(check_cmdline("a=cmdline b=pubkey").is_ok());
         let limit = MAX_LINE - CMDLINE_PREFIX.len();
         assert!(check_cmdline(&"x".repeat(limit)).is_ok());
         assert!(check_cmdline(&"x".repeat(limit + 1)).is_err());
@@ -127,8 +160,39 @@ mod tests {
                 d.feed(&bytes[start..cut]).unwrap();
                 start = cut;
             }
-            proptest::prop_assert_eq!(d.take(), Some(m));
+            proptest::prop_assert!(d.framed());
+            proptest::prop_assert_eq!(d.finish(), Ok(Some(m)));
         }
 
+        /// A send cut anywhere and followed by a whole resend, with no
+        /// disconnect seen in between, gives exactly the resent message,
+        /// framed or not: the join is never stored.
+        #[test]
+        fn cut_send_then_resend_gives_the_resend(
+            cmdline in "[a-z=. ]{1,60}",
+            key in proptest::option::of(proptest::strategy::Just(KEY)),
+            framed in proptest::bool::ANY,
+            cut_at in 0usize..400,
+            first in "[a-z=. ]{1,60}",
+        ) {
+            proptest::prop_assume!(check_cmdline(&cmdline).is_ok() && check_cmdline(&first).is_ok());
+            let m = Message { cmdline, pubkey: key.map(str::to_owned) };
+            let earlier = Message { cmdline: first, pubkey: m.pubkey.clone() };
+            let wire = |m: &Message| if framed { encode(m) } else { encode_unframed(m) };
+            let cut = wire(&earlier);
+            let mut bytes = cut[..cut_at.min(cut.len())].to_vec();
+            bytes.extend(wire(&m));
+            let mut d = crate::wire::Decoder::new();
+            d.feed(&bytes).unwrap();
+            let got = d.finish().unwrap();
+            if cut_at >= cut.len() && framed {
+                // The earlier send arrived whole: it is the message.
+                proptest::prop_assert_eq!(got, Some(earlier));
+            } else {
+                // Unframed, a whole earlier send is overwritten by the later
+                // lines, as cloud-early-config did.
+                proptest::prop_assert_eq!(got, Some(m));
+            }
+        }
     }
 }

@@ -3,16 +3,20 @@
 //!
 //! Host to guest: lines `pubkey:<key>` and `cmdline:<text>`, each ended by
 //! `\n` or `\r\n` (patchviasocket.py sends `pubkey:<key>\ncmdline:<text>\n`
-//! and closes). [`decode`] reads them in the guest, [`encode`] writes them on
-//! the host. Guest to host: `ack:<sha256>` ([`ack`]).
+//! and closes), and from this crate's sender one more line,
+//! `end:<N> <sha256>` ([`end`]). [`decode`] reads them in the guest,
+//! [`encode`] writes them on the host. Guest to host: `ack:<sha256>` and
+//! `nak:<reason>` ([`ack`]).
 
 pub mod ack;
 pub mod decode;
 pub mod encode;
+pub mod end;
 
-pub use ack::{ack_line, digest_hex, Reply, ReplyScanner};
+pub use ack::{ack_line, digest_hex, nak_line, Reply, ReplyScanner};
 pub use decode::{Decoder, Line, ProtocolError};
-pub use encode::{check_cmdline, encode, pubkey_line};
+pub use encode::{check_cmdline, encode, encode_unframed, pubkey_line};
+pub use end::{end_line, END_PREFIX};
 
 /// Longest line accepted, without its line ending.
 pub const MAX_LINE: usize = 64 * 1024;
@@ -22,6 +26,7 @@ pub const MAX_MESSAGE: usize = 256 * 1024;
 pub const CMDLINE_PREFIX: &str = "cmdline:";
 pub const PUBKEY_PREFIX: &str = "pubkey:";
 pub const ACK_PREFIX: &str = "ack:";
+pub const NAK_PREFIX: &str = "nak:";
 
 /// A whole, valid message from the host.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -232,6 +232,22 @@ pub struct Config {
     pub read_guest_agent: bool,
     /// Another guest process holds the vport open while fetch runs.
     pub hold_vport: bool,
+    /// Which virtio-serial ports the guest gets; see [`Channels`].
+    pub channels: Channels,
+}
+
+/// The guest's virtio-serial layout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Channels {
+    /// The guest agent's port and `s-1-VM.vport` (in `order`).
+    Both,
+    /// Only `org.qemu.guest_agent.0`, as CloudStack 4.11.3 and later define.
+    GuestAgentOnly,
+    /// The guest agent's port and `extra` more ports none of which matches
+    /// `*.vport` (`other.N`): a device with many ports to add and name.
+    GuestAgentAndOthers { extra: u32 },
+    /// No virtio-serial device at all.
+    NoDevice,
 }
 
 impl Default for Config {
@@ -247,6 +263,7 @@ impl Default for Config {
             modules_late: false,
             read_guest_agent: false,
             hold_vport: false,
+            channels: Channels::Both,
         }
     }
 }
@@ -324,10 +341,24 @@ impl Guest {
             .tempdir()
             .expect("temp dir");
         let sock = |n: &str| dir.path().join(n).to_string_lossy().into_owned();
-        let ports = match cfg.order {
+        let mut ports: Vec<(String, String)> = match cfg.order {
             Order::GuestAgentFirst => [(GA_ID, GA_NAME), (VPORT_ID, VPORT_NAME)],
             Order::VportFirst => [(VPORT_ID, VPORT_NAME), (GA_ID, GA_NAME)],
-        };
+        }
+        .iter()
+        .map(|(i, n)| (i.to_string(), n.to_string()))
+        .collect();
+        match cfg.channels {
+            Channels::Both => {}
+            Channels::GuestAgentOnly | Channels::NoDevice => ports.retain(|(i, _)| i == GA_ID),
+            Channels::GuestAgentAndOthers { extra } => {
+                ports.retain(|(i, _)| i == GA_ID);
+                ports.extend((1..=extra).map(|n| (format!("other{n}"), format!("other.{n}"))));
+            }
+        }
+        if cfg.channels == Channels::NoDevice {
+            ports.clear();
+        }
         let mut cmd = Command::new(cfg.arch.qemu());
         let machine = match cfg.arch {
             Arch::X86_64 => "pc",
@@ -351,12 +382,17 @@ impl Guest {
             .arg(&art.kernel)
             .arg("-initrd")
             .arg(&art.initrd)
-            .args(["-append", &cfg.append()])
-            .args(["-device", "virtio-serial-pci,id=vs"]);
-        for (id, name) in ports {
+            .args(["-append", &cfg.append()]);
+        if cfg.channels != Channels::NoDevice {
+            cmd.args(["-device", "virtio-serial-pci,id=vs"]);
+        }
+        for (id, name) in &ports {
             cmd.args([
                 "-chardev",
-                &format!("socket,id=c_{id},path={},server=on,wait=off", sock(id)),
+                &format!(
+                    "socket,id=c_{id},path={},server=on,wait=off",
+                    sock(id.as_str())
+                ),
                 "-device",
                 &format!("virtserialport,bus=vs.0,chardev=c_{id},name={name},id={id}"),
             ]);
