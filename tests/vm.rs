@@ -20,34 +20,18 @@ mod harness;
 mod report;
 
 use std::io::Write;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use checks::*;
-use harness::{Channels, Config, Entry, Guest, Order, Outcome, GA_ID, VPORT_ID, VPORT_NAME};
+use harness::{Arch, Channels, Config, Entry, Guest, Order, Outcome, VPORT_ID, VPORT_NAME};
 use vport_bootargs::wire::end_line;
 
 /// How long a guest may take to boot and open its port.
 const BOOT: Duration = Duration::from_secs(150);
 
-/// Boots a guest; the first one also records the machine in the report.
+/// Boots an x86_64 guest.
 fn boot(cfg: Config) -> Guest {
-    static MACHINE: OnceLock<()> = OnceLock::new();
-    let guest = Guest::start(&cfg);
-    MACHINE.get_or_init(|| {
-        let art = harness::artifacts(guest.arch);
-        report::record(
-            "01-machine",
-            &report::machine(
-                guest.arch.qemu(),
-                guest.accel.name(),
-                &art.rust_target,
-                art.binary_size,
-                &art.kernel_package,
-            ),
-        );
-    });
-    guest
+    boot_arch(Arch::X86_64, cfg)
 }
 
 /// The helper opened the node that sysfs names `s-1-VM.vport`, and that
@@ -439,46 +423,7 @@ fn guest_agent_port_is_left_free_for_its_own_use() {
         read_guest_agent: true,
         ..Config::default()
     });
-    // qemu-ga's host side is connected all along, as libvirt's is.
-    let mut ga = guest.connect(GA_ID);
-    guest.wait_port(VPORT_ID, true, 1, BOOT);
-    let cmdline = cmdline("guest-agent");
-    send_and_close(&guest, message(&cmdline).as_bytes());
-    guest.wait_port(GA_ID, true, 1, Duration::from_secs(120));
-    ga.write_all(b"ga-ping\n").unwrap();
-    let o = guest.finish();
-    drop(ga);
-    assert_stored(&o, o.only_run(), &cmdline);
-    let read = o
-        .guest_agent
-        .clone()
-        .unwrap_or_else(|| fail(&o, "the guest did not read the guest agent's port"));
-    let expected_node = format!("/dev/{}", o.entry_named(harness::GA_NAME).unwrap());
-    assert_eq!(read.node, expected_node);
-    if read.rc != 0 || !read.err.is_empty() {
-        fail(
-            &o,
-            &format!("opening {} failed: rc {} {}", read.node, read.rc, read.err),
-        );
-    }
-    assert_eq!(read.data, b"ga-ping\n", "bytes from the host's GA socket");
-    // The only opener of the guest agent's port was that guest process,
-    // after fetch had ended (the guest prints VBRUN when it has).
-    let fetch_ended = o
-        .console_time("VBRUN")
-        .unwrap_or_else(|| fail(&o, "no VBRUN line"));
-    let ga_opens: Vec<f64> = o
-        .port_events(GA_ID)
-        .iter()
-        .filter(|e| e.1)
-        .map(|e| e.0)
-        .collect();
-    if ga_opens.len() != 1 || ga_opens[0] < fetch_ended {
-        fail(
-            &o,
-            &format!("the guest agent's port was opened at {ga_opens:?} s, fetch ended at {fetch_ended:.2} s"),
-        );
-    }
+    guest_agent_port_is_left_free(guest, BOOT, Guest::finish);
 }
 
 #[test]
