@@ -7,22 +7,22 @@
 //! the grace period) the test sets the other deadlines far away, so that
 //! the wrong rule shows as a wrong exit code or log line, not a slow test.
 
+mod common;
+
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::thread;
 use std::time::Duration;
 
+use common::{Running, Tree, CMDLINE, KEY, PORT};
 use vport_bootargs::wire::end_line;
 
-const KEY: &str = "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQCx root@host";
-const CMDLINE: &str =
-    "template=domP type=secstorage name=s-1-VM eth0ip=169.254.3.4 authorized_key=QUJD==";
 const OLD: &str = "type=old name=s-1-VM\n";
 
 fn body(cmdline: &str) -> String {
-    format!("pubkey:{KEY}\ncmdline:{cmdline}\n")
+    common::message(cmdline, Some(KEY))
 }
 
 /// What `vport-bootargs send` writes: the lines and the end line.
@@ -31,110 +31,27 @@ fn framed(cmdline: &str) -> Vec<u8> {
     format!("{body}{}", end_line(body.as_bytes())).into_bytes()
 }
 
-/// A fake sysfs + /dev tree (the shape of tests/common's, kept here).
-struct Tree {
-    dir: tempfile::TempDir,
+/// A stored cmdline (only), as after an earlier boot.
+fn store_old(t: &Tree) {
+    common::write_file(&t.cache().join("cmdline"), OLD);
 }
 
-impl Tree {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        fs::create_dir_all(dir.path().join("sys/class/virtio-ports")).unwrap();
-        fs::create_dir_all(dir.path().join("dev")).unwrap();
-        Tree { dir }
-    }
-
-    fn root(&self) -> &Path {
-        self.dir.path()
-    }
-    fn sys(&self) -> PathBuf {
-        self.root().join("sys")
-    }
-    fn cache(&self) -> PathBuf {
-        self.root().join("var/cache/cloud")
-    }
-    fn ssh(&self) -> PathBuf {
-        self.root().join("root/.ssh")
-    }
-
-    /// A port named `name` (None: no name yet) with a FIFO as its node.
-    fn add_port(&self, entry: &str, name: Option<&str>) -> PathBuf {
-        let dir = self.sys().join("class/virtio-ports").join(entry);
-        fs::create_dir_all(&dir).unwrap();
-        let n: u32 = entry.rsplit('p').next().unwrap().parse().unwrap_or(0);
-        fs::write(dir.join("dev"), format!("251:{n}\n")).unwrap();
-        if let Some(name) = name {
-            fs::write(dir.join("name"), format!("{name}\n")).unwrap();
-        }
-        let node = self.root().join("dev").join(entry);
-        nix::unistd::mkfifo(&node, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
-        node
-    }
-
-    /// `<sys>/bus/virtio/devices/virtioN` of type `id`, bound to its
-    /// driver or not.
-    fn add_virtio_device(&self, n: u32, id: &str, bound: bool) {
-        let dir = self.sys().join(format!("bus/virtio/devices/virtio{n}"));
-        fs::create_dir_all(&dir).unwrap();
-        fs::write(dir.join("device"), format!("{id}\n")).unwrap();
-        if bound {
-            fs::create_dir_all(dir.join("driver")).unwrap();
-        }
-    }
-
-    /// `<sys>/bus/pci/devices/<slot>` with `vendor` and `device`.
-    fn add_pci_device(&self, slot: &str, vendor: &str, device: &str) {
-        let dir = self.sys().join("bus/pci/devices").join(slot);
-        fs::create_dir_all(&dir).unwrap();
-        fs::write(dir.join("vendor"), format!("{vendor}\n")).unwrap();
-        fs::write(dir.join("device"), format!("{device}\n")).unwrap();
-    }
-
-    fn store_old(&self) {
-        fs::create_dir_all(self.cache()).unwrap();
-        fs::write(self.cache().join("cmdline"), OLD).unwrap();
-    }
-
-    fn stored(&self) -> Option<String> {
-        fs::read_to_string(self.cache().join("cmdline")).ok()
-    }
-
-    /// `fetch -v --no-ack` with far deadlines; `extra` overrides them.
-    fn fetch(&self, extra: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_vport-bootargs"));
-        c.arg("--sysfs-root")
-            .arg(self.sys())
-            .arg("--dev-root")
-            .arg(self.root().join("dev"))
-            .args(["-v", "fetch", "--no-ack", "--fifo-stand-in", "--cache-dir"])
-            .arg(self.cache())
-            .arg("--ssh-dir")
-            .arg(self.ssh())
-            .args(["--timeout", "60", "--port-timeout", "60", "--grace", "60"])
-            .args(["--settle", "60"])
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        c
-    }
-
-    fn spawn(&self, extra: &[&str]) -> Child {
-        self.fetch(extra).spawn().unwrap()
-    }
+/// `fetch -v --no-ack` with far deadlines; `extra` overrides them.
+fn spawn(t: &Tree, extra: &[(&str, &str)]) -> Running {
+    let far = [
+        ("--timeout", "60"),
+        ("--port-timeout", "60"),
+        ("--grace", "60"),
+        ("--settle", "60"),
+    ];
+    // The first of an option wins: `extra` before `far`.
+    let opts: Vec<(&str, &str)> = extra.iter().chain(&far).copied().collect();
+    Running::spawn(t.fetch(&opts).arg("-v"))
 }
 
-/// Connects to the FIFO as a host (blocks until fetch holds it open).
-fn connect(node: &Path) -> fs::File {
-    fs::OpenOptions::new().write(true).open(node).unwrap()
-}
-
-fn finish(child: Child) -> (i32, String) {
-    let out: Output = child.wait_with_output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+fn finish(run: Running) -> (i32, String) {
+    let out = run.finish();
+    (common::code(&out), common::stderr(&out))
 }
 
 /// Where `needle` first occurs in `hay`.
@@ -152,15 +69,15 @@ fn sleep_ms(ms: u64) {
 #[test]
 fn framed_message_is_complete_at_its_end_line_while_the_host_stays() {
     let t = Tree::new();
-    let node = t.add_port("vport0p1", Some("s-1-VM.vport"));
+    let node = t.add_port("vport0p1", Some(PORT));
     // --settle 60: only the end line can end this before the test's patience.
-    let child = t.spawn(&[]);
-    let mut host = connect(&node);
+    let mut run = spawn(&t, &[]);
+    let mut host = run.connect(&node);
     host.write_all(&framed(CMDLINE)).unwrap();
-    let (code, err) = finish(child);
+    let (code, err) = finish(run);
     drop(host);
     assert_eq!(code, 0, "{err}");
-    assert_eq!(t.stored().unwrap(), format!("{CMDLINE}\n"));
+    assert_eq!(t.stored_cmdline().unwrap(), format!("{CMDLINE}\n"));
     assert!(err.contains("the end line matches"), "{err}");
     assert!(!err.contains("nothing more from the host"), "{err}");
 }
@@ -168,37 +85,37 @@ fn framed_message_is_complete_at_its_end_line_while_the_host_stays() {
 #[test]
 fn bytes_after_the_end_line_are_not_part_of_the_message() {
     let t = Tree::new();
-    let node = t.add_port("vport0p1", Some("s-1-VM.vport"));
-    let child = t.spawn(&[]);
+    let node = t.add_port("vport0p1", Some(PORT));
+    let mut run = spawn(&t, &[]);
     let mut bytes = framed(CMDLINE);
     bytes.extend_from_slice(b"cmdline:type=later\n");
-    let mut host = connect(&node);
+    let mut host = run.connect(&node);
     host.write_all(&bytes).unwrap();
-    let (code, err) = finish(child);
+    let (code, err) = finish(run);
     drop(host);
     assert_eq!(code, 0, "{err}");
-    assert_eq!(t.stored().unwrap(), format!("{CMDLINE}\n"));
+    assert_eq!(t.stored_cmdline().unwrap(), format!("{CMDLINE}\n"));
     assert!(err.contains("ignored 19 bytes after the end line"), "{err}");
 }
 
 #[test]
 fn end_line_that_does_not_match_is_discarded_and_the_next_copy_stored() {
     let t = Tree::new();
-    let node = t.add_port("vport0p1", Some("s-1-VM.vport"));
-    let child = t.spawn(&[]);
+    let node = t.add_port("vport0p1", Some(PORT));
+    let mut run = spawn(&t, &[]);
     let good = framed(CMDLINE);
     let mut bad = good.clone();
     // Corrupt one byte of the cmdline: a different, well-formed line.
     let i = at(&bad, b"s-1-VM") + 2;
     bad[i] = b'2';
-    let mut host = connect(&node);
+    let mut host = run.connect(&node);
     host.write_all(&bad).unwrap();
     sleep_ms(300);
     host.write_all(&good).unwrap();
-    let (code, err) = finish(child);
+    let (code, err) = finish(run);
     drop(host);
     assert_eq!(code, 0, "{err}");
-    assert_eq!(t.stored().unwrap(), format!("{CMDLINE}\n"));
+    assert_eq!(t.stored_cmdline().unwrap(), format!("{CMDLINE}\n"));
     let discarded: Vec<&str> = err.lines().filter(|l| l.contains("discarded")).collect();
     assert_eq!(discarded.len(), 1, "{err}");
     assert!(discarded[0].contains("a cut or a corruption"), "{err}");
@@ -207,31 +124,31 @@ fn end_line_that_does_not_match_is_discarded_and_the_next_copy_stored() {
 #[test]
 fn corrupted_copy_that_is_not_utf8_is_discarded_not_refused() {
     let t = Tree::new();
-    let node = t.add_port("vport0p1", Some("s-1-VM.vport"));
-    let child = t.spawn(&[]);
+    let node = t.add_port("vport0p1", Some(PORT));
+    let mut run = spawn(&t, &[]);
     let good = framed(CMDLINE);
     let mut bad = good.clone();
     let i = at(&bad, b"secstorage");
     bad[i] = 0xff;
-    let mut host = connect(&node);
+    let mut host = run.connect(&node);
     host.write_all(&bad).unwrap();
     host.write_all(&good).unwrap();
-    let (code, err) = finish(child);
+    let (code, err) = finish(run);
     drop(host);
     assert_eq!(code, 0, "{err}");
-    assert_eq!(t.stored().unwrap(), format!("{CMDLINE}\n"));
+    assert_eq!(t.stored_cmdline().unwrap(), format!("{CMDLINE}\n"));
 }
 
 #[test]
 fn framed_message_without_a_cmdline_is_refused_with_65() {
     let t = Tree::new();
-    let node = t.add_port("vport0p1", Some("s-1-VM.vport"));
-    let child = t.spawn(&[]);
+    let node = t.add_port("vport0p1", Some(PORT));
+    let mut run = spawn(&t, &[]);
     let body = format!("pubkey:{KEY}\n");
-    let mut host = connect(&node);
+    let mut host = run.connect(&node);
     host.write_all(format!("{body}{}", end_line(body.as_bytes())).as_bytes())
         .unwrap();
-    let (code, err) = finish(child);
+    let (code, err) = finish(run);
     drop(host);
     assert_eq!(code, 65, "{err}");
     assert!(err.contains("holds no cmdline line"), "{err}");
@@ -279,18 +196,21 @@ fn cut_line_joined_to_its_resend_stores_the_resend_never_the_join() {
     // The host is cut off mid-line and sends again before the guest sees a
     // disconnect: one writer, so the FIFO shows none.
     let t = Tree::new();
-    let node = t.add_port("vport0p1", Some("s-1-VM.vport"));
-    let child = t.spawn(&["--settle", "0.3"]);
-    let mut host = connect(&node);
+    let node = t.add_port("vport0p1", Some(PORT));
+    let mut run = spawn(&t, &[("--settle", "0.3")]);
+    let mut host = run.connect(&node);
     host.write_all(b"cmdline:type=secstorage eth0ip=169.2")
         .unwrap();
     sleep_ms(200);
     host.write_all(b"cmdline:type=secstorage eth0ip=169.254.3.4\n")
         .unwrap();
-    let (code, err) = finish(child);
+    let (code, err) = finish(run);
     drop(host);
     assert_eq!(code, 0, "{err}");
-    assert_eq!(t.stored().unwrap(), "type=secstorage eth0ip=169.254.3.4\n");
+    assert_eq!(
+        t.stored_cmdline().unwrap(),
+        "type=secstorage eth0ip=169.254.3.4\n"
+    );
     assert!(
         err.contains("ran into the host's resend: dropped 36 bytes"),
         "{err}"
@@ -300,16 +220,14 @@ fn cut_line_joined_to_its_resend_stores_the_resend_never_the_join() {
 #[test]
 fn partial_line_then_disconnect_then_resend_stores_the_resend() {
     let t = Tree::new();
-    let node = t.add_port("vport0p1", Some("s-1-VM.vport"));
-    let child = t.spawn(&["--settle", "0.3"]);
-    connect(&node).write_all(b"cmdline:a=1 gen=cut").unwrap();
+    let node = t.add_port("vport0p1", Some(PORT));
+    let mut run = spawn(&t, &[("--settle", "0.3")]);
+    run.host_write(&node, b"cmdline:a=1 gen=cut");
     sleep_ms(300);
-    connect(&node)
-        .write_all(b"cmdline:a=1 gen=whole\n")
-        .unwrap();
-    let (code, err) = finish(child);
+    run.host_write(&node, b"cmdline:a=1 gen=whole\n");
+    let (code, err) = finish(run);
     assert_eq!(code, 0, "{err}");
-    assert_eq!(t.stored().unwrap(), "a=1 gen=whole\n");
+    assert_eq!(t.stored_cmdline().unwrap(), "a=1 gen=whole\n");
     assert!(
         err.contains("host disconnected in the middle of a line (19 bytes so far); keeping them"),
         "{err}"
@@ -320,17 +238,17 @@ fn partial_line_then_disconnect_then_resend_stores_the_resend() {
 #[test]
 fn framed_resend_after_a_cut_copy_is_found_by_its_length() {
     let t = Tree::new();
-    let node = t.add_port("vport0p1", Some("s-1-VM.vport"));
-    let child = t.spawn(&[]);
+    let node = t.add_port("vport0p1", Some(PORT));
+    let mut run = spawn(&t, &[]);
     let whole = framed(CMDLINE);
     // Cut inside the end line itself: no prefix to rejoin on, only the
     // resend's length and digest find it.
     let cut = whole.len() - 30;
-    connect(&node).write_all(&whole[..cut]).unwrap();
-    connect(&node).write_all(&whole).unwrap();
-    let (code, err) = finish(child);
+    run.host_write(&node, &whole[..cut]);
+    run.host_write(&node, &whole);
+    let (code, err) = finish(run);
     assert_eq!(code, 0, "{err}");
-    assert_eq!(t.stored().unwrap(), format!("{CMDLINE}\n"));
+    assert_eq!(t.stored_cmdline().unwrap(), format!("{CMDLINE}\n"));
     assert!(err.contains("the end line matches"), "{err}");
 }
 
@@ -342,14 +260,14 @@ fn whole_cmdline_at_the_deadline_is_stored() {
     // The settle (60 s) outlasts the timeout (2 s): the deadline comes with
     // a whole cmdline and the host still connected.
     let t = Tree::new();
-    let node = t.add_port("vport0p1", Some("s-1-VM.vport"));
-    let child = t.spawn(&["--timeout", "2"]);
-    let mut host = connect(&node);
+    let node = t.add_port("vport0p1", Some(PORT));
+    let mut run = spawn(&t, &[("--timeout", "2")]);
+    let mut host = run.connect(&node);
     host.write_all(body(CMDLINE).as_bytes()).unwrap();
-    let (code, err) = finish(child);
+    let (code, err) = finish(run);
     drop(host);
     assert_eq!(code, 0, "{err}");
-    assert_eq!(t.stored().unwrap(), format!("{CMDLINE}\n"));
+    assert_eq!(t.stored_cmdline().unwrap(), format!("{CMDLINE}\n"));
     assert!(
         err.contains("the deadline came with a whole cmdline"),
         "{err}"
@@ -361,9 +279,9 @@ fn ignored_lines_do_not_extend_the_settle() {
     // A cmdline, then an unknown line every 100 ms for longer than the
     // timeout: the settle (0.5 s) ends the message, not the deadline.
     let t = Tree::new();
-    let node = t.add_port("vport0p1", Some("s-1-VM.vport"));
-    let child = t.spawn(&["--settle", "0.5", "--timeout", "8"]);
-    let mut host = connect(&node);
+    let node = t.add_port("vport0p1", Some(PORT));
+    let mut run = spawn(&t, &[("--settle", "0.5"), ("--timeout", "8")]);
+    let mut host = run.connect(&node);
     host.write_all(body(CMDLINE).as_bytes()).unwrap();
     let chatter = thread::spawn(move || {
         for _ in 0..100 {
@@ -373,10 +291,10 @@ fn ignored_lines_do_not_extend_the_settle() {
             sleep_ms(100);
         }
     });
-    let (code, err) = finish(child);
+    let (code, err) = finish(run);
     chatter.join().unwrap();
     assert_eq!(code, 0, "{err}");
-    assert_eq!(t.stored().unwrap(), format!("{CMDLINE}\n"));
+    assert_eq!(t.stored_cmdline().unwrap(), format!("{CMDLINE}\n"));
     assert!(err.contains("nothing more from the host"), "{err}");
     assert!(!err.contains("the deadline came"), "{err}");
 }
@@ -384,19 +302,20 @@ fn ignored_lines_do_not_extend_the_settle() {
 #[test]
 fn reboot_with_stray_bytes_in_the_grace_period_keeps_the_stored_cmdline() {
     let t = Tree::new();
-    t.store_old();
-    let node = t.add_port("vport0p1", Some("s-1-VM.vport"));
+    store_old(&t);
+    let node = t.add_port("vport0p1", Some(PORT));
     // --timeout 60: the old rule waited for it, then exited 69.
-    let child = t.spawn(&["--grace", "1"]);
-    connect(&node).write_all(b"hello:junk\n").unwrap();
+    let mut run = spawn(&t, &[("--grace", "1")]);
+    run.host_write(&node, b"hello:junk\n");
     // A cut line, as QEMU leaves of a host that wrote more than a page and
     // closed.
-    connect(&node)
-        .write_all(format!("pubkey:{KEY}\ncmdline:type=new x=").as_bytes())
-        .unwrap();
-    let (code, err) = finish(child);
+    run.host_write(
+        &node,
+        format!("pubkey:{KEY}\ncmdline:type=new x=").as_bytes(),
+    );
+    let (code, err) = finish(run);
     assert_eq!(code, 0, "{err}");
-    assert_eq!(t.stored().unwrap(), OLD);
+    assert_eq!(t.stored_cmdline().unwrap(), OLD);
     assert!(
         err.contains(
             "(only stray bytes came, and 19 bytes of an unfinished line); keeping those in"
@@ -408,20 +327,20 @@ fn reboot_with_stray_bytes_in_the_grace_period_keeps_the_stored_cmdline() {
 #[test]
 fn reboot_with_a_message_still_arriving_at_the_end_of_grace_stores_it() {
     let t = Tree::new();
-    t.store_old();
-    let node = t.add_port("vport0p1", Some("s-1-VM.vport"));
-    let child = t.spawn(&["--grace", "1"]);
+    store_old(&t);
+    let node = t.add_port("vport0p1", Some(PORT));
+    let mut run = spawn(&t, &[("--grace", "1")]);
     let bytes = framed(CMDLINE);
-    let mut host = connect(&node);
+    let mut host = run.connect(&node);
     // 10 pieces 300 ms apart: the grace period ends half-way.
     for piece in bytes.chunks(bytes.len().div_ceil(10)) {
         host.write_all(piece).unwrap();
         sleep_ms(300);
     }
-    let (code, err) = finish(child);
+    let (code, err) = finish(run);
     drop(host);
     assert_eq!(code, 0, "{err}");
-    assert_eq!(t.stored().unwrap(), format!("{CMDLINE}\n"));
+    assert_eq!(t.stored_cmdline().unwrap(), format!("{CMDLINE}\n"));
 }
 
 // ---------------------------------------------------------------------------
@@ -430,10 +349,10 @@ fn reboot_with_a_message_still_arriving_at_the_end_of_grace_stores_it() {
 #[test]
 fn named_ports_none_matching_exit_0_saying_no_channel_and_write_nothing() {
     let t = Tree::new();
-    t.store_old();
+    store_old(&t);
     t.add_virtio_device(0, "0x0003", true);
     t.add_port("vport0p1", Some("org.qemu.guest_agent.0"));
-    let (code, err) = finish(t.spawn(&["--no-channel-after", "0.5"]));
+    let (code, err) = finish(spawn(&t, &[("--no-channel-after", "0.5")]));
     assert_eq!(code, 0, "{err}");
     assert!(
         err.contains(
@@ -443,7 +362,7 @@ fn named_ports_none_matching_exit_0_saying_no_channel_and_write_nothing() {
         "{err}"
     );
     assert!(err.contains("QEMU guest agent instead"), "{err}");
-    assert_eq!(t.stored().unwrap(), OLD, "stored files kept");
+    assert_eq!(t.stored_cmdline().unwrap(), OLD, "stored files kept");
     assert!(!t.ssh().exists(), "nothing written");
 }
 
@@ -452,7 +371,7 @@ fn no_virtio_console_device_exits_0_saying_so() {
     let t = Tree::new();
     t.add_pci_device("0000:00:01.0", "0x8086", "0x7000");
     t.add_virtio_device(0, "0x0002", true);
-    let (code, err) = finish(t.spawn(&["--no-channel-after", "0.5"]));
+    let (code, err) = finish(spawn(&t, &[("--no-channel-after", "0.5")]));
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("there is no virtio console device"), "{err}");
     assert!(!t.root().join("var").exists(), "nothing written");
@@ -465,15 +384,15 @@ fn console_device_without_its_driver_yet_is_waited_for() {
     let t = Tree::new();
     t.add_pci_device("0000:00:04.0", "0x1af4", "0x1003");
     t.add_virtio_device(1, "0x0003", false);
-    let child = t.spawn(&["--no-channel-after", "0.3", "--settle", "0.2"]);
+    let mut run = spawn(&t, &[("--no-channel-after", "0.3"), ("--settle", "0.2")]);
     sleep_ms(1500);
     t.add_virtio_device(1, "0x0003", true);
     t.add_port("vport1p1", Some("org.qemu.guest_agent.0"));
-    let node = t.add_port("vport1p2", Some("s-1-VM.vport"));
-    connect(&node).write_all(&framed(CMDLINE)).unwrap();
-    let (code, err) = finish(child);
+    let node = t.add_port("vport1p2", Some(PORT));
+    run.host_write(&node, &framed(CMDLINE));
+    let (code, err) = finish(run);
     assert_eq!(code, 0, "{err}");
-    assert_eq!(t.stored().unwrap(), format!("{CMDLINE}\n"));
+    assert_eq!(t.stored_cmdline().unwrap(), format!("{CMDLINE}\n"));
 }
 
 #[test]
@@ -482,7 +401,10 @@ fn port_without_its_name_yet_is_not_taken_for_no_channel() {
     t.add_virtio_device(0, "0x0003", true);
     t.add_port("vport0p1", Some("org.qemu.guest_agent.0"));
     t.add_port("vport0p2", None);
-    let (code, err) = finish(t.spawn(&["--no-channel-after", "0.2", "--port-timeout", "1.5"]));
+    let (code, err) = finish(spawn(
+        &t,
+        &[("--no-channel-after", "0.2"), ("--port-timeout", "1.5")],
+    ));
     assert_eq!(code, 69, "{err}");
     assert!(
         err.contains("no virtio port matching pattern *.vport appeared"),
@@ -496,17 +418,17 @@ fn port_named_late_is_read_not_taken_for_no_channel() {
     t.add_virtio_device(0, "0x0003", true);
     t.add_port("vport0p1", Some("org.qemu.guest_agent.0"));
     let node = t.add_port("vport0p2", None);
-    let child = t.spawn(&["--no-channel-after", "0.5", "--settle", "0.2"]);
+    let mut run = spawn(&t, &[("--no-channel-after", "0.5"), ("--settle", "0.2")]);
     sleep_ms(1000);
     fs::write(
         t.sys().join("class/virtio-ports/vport0p2/name"),
         "s-1-VM.vport\n",
     )
     .unwrap();
-    connect(&node).write_all(&framed(CMDLINE)).unwrap();
-    let (code, err) = finish(child);
+    run.host_write(&node, &framed(CMDLINE));
+    let (code, err) = finish(run);
     assert_eq!(code, 0, "{err}");
-    assert_eq!(t.stored().unwrap(), format!("{CMDLINE}\n"));
+    assert_eq!(t.stored_cmdline().unwrap(), format!("{CMDLINE}\n"));
 }
 
 // ---------------------------------------------------------------------------
@@ -545,14 +467,12 @@ mod sender {
         // guest opens its port.
         let dir = tempfile::tempdir().unwrap();
         let listener = listen(dir.path());
-        let child = send(dir.path(), &["-v", "--wait-taken", "30"])
-            .spawn()
-            .unwrap();
+        let run = Running::spawn(&mut send(dir.path(), &["-v", "--wait-taken", "30"]));
         let (mut peer, _) = listener.accept().unwrap();
         sleep_ms(800);
         let mut got = Vec::new();
         peer.read_to_end(&mut got).unwrap();
-        let (code, err) = finish(child);
+        let (code, err) = finish(run);
         assert_eq!(code, 0, "{err}");
         assert_eq!(got, expected());
         assert!(err.contains("QEMU took them all"), "{err}");
@@ -577,7 +497,7 @@ mod sender {
     fn wait_ack_sends_again_when_the_guest_discards_a_damaged_copy() {
         let dir = tempfile::tempdir().unwrap();
         let listener = listen(dir.path());
-        let child = send(dir.path(), &["--wait-ack", "30"]).spawn().unwrap();
+        let run = Running::spawn(&mut send(dir.path(), &["--wait-ack", "30"]));
         let (peer, _) = listener.accept().unwrap();
         let mut reader = BufReader::new(peer.try_clone().unwrap());
         let mut writer: UnixStream = peer;
@@ -596,7 +516,7 @@ mod sender {
         writer
             .write_all(vport_bootargs::wire::ack_line(CMDLINE).as_bytes())
             .unwrap();
-        let (code, err) = finish(child);
+        let (code, err) = finish(run);
         assert_eq!(code, 0, "{err}");
         assert_eq!((first, second), (expected(), expected()));
         assert!(err.contains("(2 send(s))"), "{err}");
@@ -645,27 +565,25 @@ fn earlier_helper() -> PathBuf {
 fn earlier_build_ignores_the_end_line_and_stores_the_message() {
     let old = earlier_helper();
     let t = Tree::new();
-    let node = t.add_port("vport0p1", Some("s-1-VM.vport"));
-    let child = Command::new(old)
-        .arg("--sysfs-root")
-        .arg(t.sys())
-        .arg("--dev-root")
-        .arg(t.root().join("dev"))
-        .args(["-v", "fetch", "--no-ack", "--fifo-stand-in", "--cache-dir"])
-        .arg(t.cache())
-        .arg("--ssh-dir")
-        .arg(t.ssh())
-        .args(["--timeout", "60"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut host = connect(&node);
+    let node = t.add_port("vport0p1", Some(PORT));
+    let mut run = Running::spawn(
+        Command::new(old)
+            .arg("--sysfs-root")
+            .arg(t.sys())
+            .arg("--dev-root")
+            .arg(t.dev())
+            .args(["-v", "fetch", "--no-ack", "--fifo-stand-in", "--cache-dir"])
+            .arg(t.cache())
+            .arg("--ssh-dir")
+            .arg(t.ssh())
+            .args(["--timeout", "60"]),
+    );
+    let mut host = run.connect(&node);
     host.write_all(&framed(CMDLINE)).unwrap();
-    let (code, err) = finish(child);
+    let (code, err) = finish(run);
     drop(host);
     assert_eq!(code, 0, "{err}");
-    assert_eq!(t.stored().unwrap(), format!("{CMDLINE}\n"));
+    assert_eq!(t.stored_cmdline().unwrap(), format!("{CMDLINE}\n"));
     assert_eq!(
         fs::read_to_string(t.cache().join("authorized_keys")).unwrap(),
         format!("{KEY}\n")

@@ -4,9 +4,10 @@
 //! that are not its own, or leave half-written files.
 //!
 //! The fake tree is the one tests/common builds (sysfs attributes as files,
-//! a FIFO as the port, accepted with `--fifo-stand-in`), copied here with
-//! the few extras these tests need. Every command runs with a deadline: a
-//! hang is a failure, not a stuck test.
+//! a FIFO as the port, accepted with `--fifo-stand-in`). Every command runs
+//! with a deadline: a hang is a failure, not a stuck test.
+
+mod common;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
@@ -18,142 +19,19 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
+use common::{code, run_guarded as run, stderr, stdout, Tree, BIN, KEY_NEW as KEY, PORT};
 use nix::fcntl::{fcntl, FcntlArg};
 use nix::sys::stat::Mode;
 
-const BIN: &str = env!("CARGO_BIN_EXE_vport-bootargs");
-const PORT: &str = "s-1-VM.vport";
-const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAInew new@host";
 const CMDLINE: &str = "type=secstorage name=s-1-VM";
-/// Long enough for any of these commands on a loaded machine; a hang
-/// before the fixes lasted forever.
-const LIMIT: Duration = Duration::from_secs(60);
 
-struct Tree {
-    dir: tempfile::TempDir,
-}
-
-impl Tree {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        fs::create_dir_all(dir.path().join("sys/class/virtio-ports")).unwrap();
-        fs::create_dir_all(dir.path().join("dev")).unwrap();
-        Tree { dir }
-    }
-
-    fn path(&self, rel: &str) -> PathBuf {
-        self.dir.path().join(rel)
-    }
-    fn sys(&self) -> PathBuf {
-        self.path("sys")
-    }
-    fn dev(&self) -> PathBuf {
-        self.path("dev")
-    }
-    fn cache(&self) -> PathBuf {
-        self.path("cache")
-    }
-    fn ssh(&self) -> PathBuf {
-        self.path("ssh")
-    }
-    fn class(&self, entry: &str) -> PathBuf {
-        self.sys().join("class/virtio-ports").join(entry)
-    }
-
-    /// Sysfs entry `entry` with `name` and `dev` attributes, and a FIFO
-    /// as its node.
-    fn add_port(&self, entry: &str, name: &str) -> PathBuf {
-        let dir = self.class(entry);
-        fs::create_dir_all(&dir).unwrap();
-        fs::write(dir.join("name"), format!("{name}\n")).unwrap();
-        fs::write(dir.join("dev"), "251:1\n").unwrap();
-        let node = self.dev().join(entry);
-        nix::unistd::mkfifo(&node, Mode::from_bits_truncate(0o600)).unwrap();
-        node
-    }
-
-    /// Writes `bytes` into the FIFO and keeps it open read-write, as a host
-    /// that stays connected; the data waits in the pipe for `fetch`.
-    fn offer(&self, node: &Path, bytes: &[u8]) -> File {
-        let mut f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(node)
-            .unwrap();
-        fcntl(f.as_raw_fd(), FcntlArg::F_SETPIPE_SZ(1 << 20)).unwrap();
-        f.write_all(bytes).unwrap();
-        f
-    }
-
-    fn cmd(&self, sub: &str) -> Command {
-        let mut c = Command::new(BIN);
-        c.arg("--sysfs-root")
-            .arg(self.sys())
-            .arg("--dev-root")
-            .arg(self.dev())
-            .arg(sub)
-            .stdin(Stdio::null());
-        c
-    }
-
-    /// `fetch --no-ack --fifo-stand-in`, short deadlines, settling at once.
-    fn fetch(&self) -> Command {
-        let mut c = self.cmd("fetch");
-        c.args(["--no-ack", "--fifo-stand-in", "--cache-dir"])
-            .arg(self.cache())
-            .arg("--ssh-dir")
-            .arg(self.ssh())
-            .args(["--timeout", "20", "--port-timeout", "3", "--grace", "1"])
-            .args(["--settle", "0.05"]);
-        c
-    }
-
-    fn stored(&self) -> Option<String> {
-        fs::read_to_string(self.cache().join("cmdline")).ok()
-    }
+/// `fetch --no-ack --fifo-stand-in` on `t`, short deadlines, settling at once.
+fn fetch(t: &Tree) -> Command {
+    t.fetch(&[("--port-timeout", "3"), ("--grace", "1")])
 }
 
 fn message() -> Vec<u8> {
-    format!("pubkey:{KEY}\ncmdline:{CMDLINE}\n").into_bytes()
-}
-
-/// Runs `cmd` to its end, failing the test if that takes over LIMIT. The
-/// output is read meanwhile, so a large one cannot stall the child.
-fn run(cmd: &mut Command) -> Output {
-    let child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id() as nix::libc::pid_t;
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || tx.send(child.wait_with_output().unwrap()));
-    match rx.recv_timeout(LIMIT) {
-        Ok(out) => out,
-        Err(_) => {
-            // SAFETY: kill(2) on our own child, still unreaped.
-            unsafe { nix::libc::kill(pid, nix::libc::SIGKILL) };
-            panic!("{cmd:?} hung for {LIMIT:?}");
-        }
-    }
-}
-
-fn code(out: &Output) -> i32 {
-    out.status.code().unwrap_or_else(|| {
-        panic!(
-            "killed by {:?}: {}",
-            out.status.signal(),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    common::message(CMDLINE, Some(KEY)).into_bytes()
 }
 
 /// A pipe whose reading end is already closed: every write gets EPIPE.
@@ -192,7 +70,7 @@ fn closed_stderr_does_not_abort_get_or_fetch() {
     let out = get.output().unwrap();
     assert_eq!(out.status.code(), Some(66), "{:?}", out.status);
 
-    let mut fetch = t.fetch();
+    let mut fetch = fetch(&t);
     fetch.args(["--port-timeout", "0.2"]).stderr(closed_pipe());
     let out = fetch.output().unwrap();
     assert_eq!(out.status.code(), Some(69), "{:?}", out.status);
@@ -201,7 +79,7 @@ fn closed_stderr_does_not_abort_get_or_fetch() {
 #[test]
 fn fifo_name_attribute_hangs_neither_ports_nor_fetch() {
     let t = Tree::new();
-    let node = t.add_port("vport0p2", PORT);
+    t.add_port("vport0p2", Some(PORT));
     let bad = t.class("vport0p1");
     fs::create_dir_all(&bad).unwrap();
     nix::unistd::mkfifo(&bad.join("name"), Mode::from_bits_truncate(0o600)).unwrap();
@@ -219,10 +97,10 @@ fn fifo_name_attribute_hangs_neither_ports_nor_fetch() {
         "{row}"
     );
 
-    let _host = t.offer(&node, &message());
-    let out = run(&mut t.fetch());
+    let _host = t.offer("vport0p2", &message());
+    let out = run(&mut fetch(&t));
     assert_eq!(code(&out), 0, "{}", stderr(&out));
-    assert_eq!(t.stored().unwrap(), format!("{CMDLINE}\n"));
+    assert_eq!(t.stored_cmdline().unwrap(), format!("{CMDLINE}\n"));
 }
 
 #[test]
@@ -256,12 +134,12 @@ fn stored_cmdline_that_is_a_fifo_or_a_link_to_dev_zero_is_refused_unread() {
         }
     }
     // fetch reads the port as on a first boot, and replaces the link.
-    let node = t.add_port("vport0p1", PORT);
-    let _host = t.offer(&node, &message());
-    let out = run(&mut t.fetch());
+    t.add_port("vport0p1", Some(PORT));
+    let _host = t.offer("vport0p1", &message());
+    let out = run(&mut fetch(&t));
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert!(stderr(&out).contains("is a symlink"), "{}", stderr(&out));
-    assert_eq!(t.stored().unwrap(), format!("{CMDLINE}\n"));
+    assert_eq!(t.stored_cmdline().unwrap(), format!("{CMDLINE}\n"));
 }
 
 #[test]
@@ -289,7 +167,7 @@ fn nul_byte_in_the_stored_cmdline_never_reaches_the_output() {
 #[test]
 fn bad_sibling_port_is_ignored_with_its_reason() {
     let t = Tree::new();
-    let node = t.add_port("vport0p3", PORT);
+    t.add_port("vport0p3", Some(PORT));
     let dir_name = t.class("vport0p1");
     fs::create_dir_all(dir_name.join("name")).unwrap();
     let latin1 = t.class("vport0p2");
@@ -308,17 +186,17 @@ fn bad_sibling_port_is_ignored_with_its_reason() {
         .lines()
         .any(|l| l.starts_with("vport0p3") && l.ends_with("chosen")));
 
-    let _host = t.offer(&node, &message());
-    let out = run(&mut t.fetch());
+    let _host = t.offer("vport0p3", &message());
+    let out = run(&mut fetch(&t));
     assert_eq!(code(&out), 0, "{}", stderr(&out));
-    assert_eq!(t.stored().unwrap(), format!("{CMDLINE}\n"));
+    assert_eq!(t.stored_cmdline().unwrap(), format!("{CMDLINE}\n"));
 }
 
 #[test]
 fn entries_not_named_vport_n_p_m_are_not_ports() {
     let t = Tree::new();
     for entry in ["vport0p", "vportXpY", "vport0p1x"] {
-        t.add_port(entry, PORT);
+        t.add_port(entry, Some(PORT));
     }
     // A symlink, as class/ entries are in sysfs, but not a port's name.
     let real = t.path("devices/zzz");
@@ -329,16 +207,16 @@ fn entries_not_named_vport_n_p_m_are_not_ports() {
     let out = run(&mut t.cmd("ports"));
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert_eq!(stdout(&out), "no virtio ports\n");
-    let out = run(t.fetch().args(["--port-timeout", "0.3"]));
+    let out = run(fetch(&t).args(["--port-timeout", "0.3"]));
     assert_eq!(code(&out), 69, "{}", stderr(&out));
-    assert_eq!(t.stored(), None);
+    assert_eq!(t.stored_cmdline(), None);
 }
 
 #[test]
 fn fifo_node_is_refused_without_fifo_stand_in() {
     let t = Tree::new();
-    let node = t.add_port("vport0p1", PORT);
-    let host = t.offer(&node, &message());
+    t.add_port("vport0p1", Some(PORT));
+    let host = t.offer("vport0p1", &message());
     let out = run(t
         .cmd("fetch")
         .args(["--no-ack", "--port-timeout", "3", "--cache-dir"])
@@ -352,13 +230,13 @@ fn fifo_node_is_refused_without_fifo_stand_in() {
         stderr(&out)
     );
     assert_eq!(left_in_pipe(&host), message(), "the FIFO was read");
-    assert_eq!(t.stored(), None);
+    assert_eq!(t.stored_cmdline(), None);
 }
 
 #[test]
 fn node_that_is_a_link_to_a_regular_file_is_never_opened() {
     let t = Tree::new();
-    t.add_port("vport0p1", PORT);
+    t.add_port("vport0p1", Some(PORT));
     let victim = t.path("passwd");
     fs::write(&victim, "root:x:0:0::/root:/bin/sh\n").unwrap();
     let node = t.dev().join("vport0p1");
@@ -414,6 +292,7 @@ fn refused_targets_are_found_before_the_port_is_opened() {
             "symlinked cache dir",
             |t| {
                 fs::create_dir_all(t.path("elsewhere")).unwrap();
+                fs::create_dir_all(t.cache().parent().unwrap()).unwrap();
                 std::os::unix::fs::symlink(t.path("elsewhere"), t.cache()).unwrap();
                 vec![]
             },
@@ -422,7 +301,7 @@ fn refused_targets_are_found_before_the_port_is_opened() {
         (
             "ssh dir that is a file",
             |t| {
-                fs::write(t.ssh(), "").unwrap();
+                common::write_file(&t.ssh(), "");
                 vec![]
             },
             74,
@@ -449,10 +328,10 @@ fn refused_targets_are_found_before_the_port_is_opened() {
     ];
     for (what, plant, exit) in cases {
         let t = Tree::new();
-        let node = t.add_port("vport0p1", PORT);
+        t.add_port("vport0p1", Some(PORT));
         let extra = plant(&t);
-        let host = t.offer(&node, &message());
-        let out = run(t.fetch().args(&extra));
+        let host = t.offer("vport0p1", &message());
+        let out = run(fetch(&t).args(&extra));
         assert_eq!(code(&out), exit, "{what}: {}", stderr(&out));
         assert_eq!(left_in_pipe(&host), message(), "{what}: the port was read");
         assert!(!stderr(&out).contains("opened port"), "{what}");
@@ -461,10 +340,10 @@ fn refused_targets_are_found_before_the_port_is_opened() {
     let t = Tree::new();
     fs::create_dir_all(t.ssh()).unwrap();
     fs::set_permissions(t.ssh(), fs::Permissions::from_mode(0o1777)).unwrap();
-    let node = t.add_port("vport0p1", PORT);
-    let _host = t.offer(&node, &message());
-    run(&mut t.fetch());
-    let mode = fs::metadata(t.ssh()).unwrap().permissions().mode() & 0o7777;
+    t.add_port("vport0p1", Some(PORT));
+    let _host = t.offer("vport0p1", &message());
+    run(&mut fetch(&t));
+    let mode = common::mode(&t.ssh());
     assert_eq!(mode, 0o1777);
 }
 
@@ -473,11 +352,11 @@ fn existing_ssh_dir_keeps_its_mode_but_group_and_world_write() {
     let t = Tree::new();
     fs::create_dir_all(t.ssh()).unwrap();
     fs::set_permissions(t.ssh(), fs::Permissions::from_mode(0o775)).unwrap();
-    let node = t.add_port("vport0p1", PORT);
-    let _host = t.offer(&node, &message());
-    let out = run(&mut t.fetch());
+    t.add_port("vport0p1", Some(PORT));
+    let _host = t.offer("vport0p1", &message());
+    let out = run(&mut fetch(&t));
     assert_eq!(code(&out), 0, "{}", stderr(&out));
-    let mode = fs::metadata(t.ssh()).unwrap().permissions().mode() & 0o7777;
+    let mode = common::mode(&t.ssh());
     assert_eq!(mode, 0o755);
 }
 
@@ -488,10 +367,11 @@ fn existing_ssh_dir_keeps_its_mode_but_group_and_world_write() {
 fn concurrent_fetches_on_one_cache_dir_both_store_whole_files() {
     let a = Tree::new();
     let b = Tree::new();
-    let (na, nb) = (a.add_port("vport0p1", PORT), b.add_port("vport0p1", PORT));
+    a.add_port("vport0p1", Some(PORT));
+    b.add_port("vport0p1", Some(PORT));
     let msg = |g: &str| format!("pubkey:{KEY}\ncmdline:gen={g} {}\n", "x=y ".repeat(2000));
-    let _ha = a.offer(&na, msg("a").as_bytes());
-    let _hb = b.offer(&nb, msg("b").as_bytes());
+    let _ha = a.offer("vport0p1", msg("a").as_bytes());
+    let _hb = b.offer("vport0p1", msg("b").as_bytes());
     let spawn = |t: &Tree| {
         let mut c = Command::new("strace");
         // Every fchmod and fsync takes 150 ms: the runs interleave between
@@ -520,7 +400,7 @@ fn concurrent_fetches_on_one_cache_dir_both_store_whole_files() {
         let out = child.wait_with_output().unwrap();
         assert!(out.status.success(), "{}", stderr(&out));
     }
-    let stored = a.stored().unwrap();
+    let stored = a.stored_cmdline().unwrap();
     let whole = |g: &str| {
         msg(g)
             .strip_prefix(&format!("pubkey:{KEY}\ncmdline:"))
@@ -561,8 +441,8 @@ fn leftover_temp_files_are_removed_by_a_run_that_stores_nothing() {
         fs::write(f, "half").unwrap();
     }
     // A reboot, and the host sends nothing: the stored files are kept.
-    t.add_port("vport0p1", PORT);
-    let out = run(t.fetch().args(["--grace", "0.2"]));
+    t.add_port("vport0p1", Some(PORT));
+    let out = run(fetch(&t).args(["--grace", "0.2"]));
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert!(stderr(&out).contains("keeping those"), "{}", stderr(&out));
     for f in &leftovers {
@@ -775,7 +655,7 @@ fn ports_into_a_closed_pipe_ends_quietly_by_sigpipe_as_coreutils() {
     let t = Tree::new();
     // More rows than a pipe holds: `head -1` is gone before the last.
     for n in 0..2000 {
-        t.add_port(&format!("vport0p{n}"), PORT);
+        t.add_port(&format!("vport0p{n}"), Some(PORT));
     }
     let out = t
         .cmd("ports")
@@ -820,7 +700,7 @@ fn huge_durations_in_option_structs_do_not_overflow() {
     use vport_bootargs::guest::store::Targets;
 
     let t = Tree::new();
-    let node = t.add_port("vport0p1", PORT);
+    let node = t.add_port("vport0p1", Some(PORT));
     let opts = FetchOptions {
         sysfs_root: t.sys(),
         dev_root: t.dev(),

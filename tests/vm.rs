@@ -11,123 +11,27 @@
 //! when the guest opens or closes a port, the guest's console lines) with
 //! generous limits that only catch a hung guest.
 
+#[path = "vm/checks.rs"]
+mod checks;
 mod common;
 #[path = "vm/harness.rs"]
 mod harness;
 #[path = "vm/report.rs"]
 mod report;
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
-use std::sync::OnceLock;
+use std::io::Write;
 use std::time::{Duration, Instant};
 
-use common::message;
-use harness::{Channels, Config, Entry, Guest, Order, Outcome, Run, GA_ID, VPORT_ID, VPORT_NAME};
-use vport_bootargs::wire::{digest_hex, end_line};
-
-const PUBKEY: &str =
-    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHZtLXRlc3Qta2V5LWZvci12cG9ydC1ib290YXJncw vm-test@host";
+use checks::*;
+use harness::{Arch, Channels, Config, Entry, Guest, Order, Outcome, VPORT_ID, VPORT_NAME};
+use vport_bootargs::wire::end_line;
 
 /// How long a guest may take to boot and open its port.
 const BOOT: Duration = Duration::from_secs(150);
 
-fn cmdline(test: &str) -> String {
-    format!(
-        "template=domP type=secstorage host=10.1.1.1 port=8250 name=s-1-VM zone=1 pod=1 \
-         guid=s-1-VM workers=5 eth0ip=169.254.3.4 eth0mask=255.255.0.0 \
-         authorized_key=c3NoLWVkMjU1MTk= test={test}"
-    )
-}
-
-/// Boots a guest; the first one also records the machine in the report.
+/// Boots an x86_64 guest.
 fn boot(cfg: Config) -> Guest {
-    static MACHINE: OnceLock<()> = OnceLock::new();
-    let guest = Guest::start(&cfg);
-    MACHINE.get_or_init(|| {
-        let art = harness::artifacts(guest.arch);
-        report::record(
-            "01-machine",
-            &report::machine(
-                guest.arch.qemu(),
-                guest.accel.name(),
-                &art.rust_target,
-                art.binary_size,
-                &art.kernel_package,
-            ),
-        );
-    });
-    guest
-}
-
-/// What a fetch that stored `cmdline` with the test key leaves behind:
-/// exactly these files, with these modes, and no temp file.
-fn stored(cmdline: &str) -> Vec<(String, Entry)> {
-    let file = |mode, text: String| Entry {
-        kind: 'f',
-        mode,
-        content: Some(text.into_bytes()),
-    };
-    let dir = |mode| Entry {
-        kind: 'd',
-        mode,
-        content: None,
-    };
-    vec![
-        ("cache".into(), dir(0o755)),
-        (
-            "cache/authorized_keys".into(),
-            file(0o600, format!("{PUBKEY}\n")),
-        ),
-        ("cache/cmdline".into(), file(0o644, format!("{cmdline}\n"))),
-        ("ssh".into(), dir(0o700)),
-        (
-            "ssh/authorized_keys".into(),
-            file(0o600, format!("{PUBKEY}\n")),
-        ),
-    ]
-}
-
-fn fail(o: &Outcome, why: &str) -> ! {
-    panic!(
-        "{why}\n--- port events: {:?}\n--- guest console:\n{}",
-        o.port_events(VPORT_ID)
-            .into_iter()
-            .chain(o.port_events(GA_ID))
-            .collect::<Vec<_>>(),
-        o.console_text()
-    );
-}
-
-fn assert_exit(o: &Outcome, run: &Run, code: i32) {
-    if run.exit != code {
-        fail(o, &format!("fetch exited {}, expected {code}", run.exit));
-    }
-}
-
-fn assert_stored(o: &Outcome, run: &Run, cmdline: &str) {
-    assert_exit(o, run, 0);
-    let want: Vec<(String, Entry)> = stored(cmdline);
-    let got: Vec<(String, Entry)> = run.entries.clone().into_iter().collect();
-    if got != want {
-        fail(
-            o,
-            &format!("stored files differ\n  got:  {got:?}\n  want: {want:?}"),
-        );
-    }
-}
-
-fn assert_nothing_written(o: &Outcome, run: &Run) {
-    if !run.entries.is_empty() {
-        fail(o, &format!("files were written: {:?}", run.entries));
-    }
-}
-
-/// The guest agent's port was never opened (QMP saw no open of it).
-fn assert_guest_agent_untouched(o: &Outcome) {
-    if o.port_events(GA_ID).iter().any(|(_, open)| *open) {
-        fail(o, "the guest agent's port was opened");
-    }
+    boot_arch(Arch::X86_64, cfg)
 }
 
 /// The helper opened the node that sysfs names `s-1-VM.vport`, and that
@@ -143,44 +47,6 @@ fn assert_opened_vport(o: &Outcome, expected: &str) {
     }
 }
 
-/// The helper opened its port once and held it: it logs each open, and
-/// QMP's first event for the port is an open. (QMP throttles
-/// VSERPORT_CHANGE to one per second per port, so its events alone cannot
-/// count quick reopenings.)
-fn assert_opened_once(o: &Outcome) {
-    let opens = o
-        .helper_log()
-        .iter()
-        .filter(|l| l.contains("opened port"))
-        .count();
-    if opens != 1 {
-        fail(o, &format!("the helper opened its port {opens} times"));
-    }
-    if o.port_events(VPORT_ID).first().map(|e| e.1) != Some(true) {
-        fail(o, "QMP did not see the guest open its port");
-    }
-}
-
-fn send_and_close(guest: &Guest, bytes: &[u8]) {
-    let mut s = guest.connect(VPORT_ID);
-    s.write_all(bytes)
-        .unwrap_or_else(|e| guest.fail(&format!("host write failed: {e}")));
-}
-
-/// Reads the guest's `ack:` line.
-fn read_ack(guest: &Guest, s: &UnixStream) -> String {
-    s.set_read_timeout(Some(Duration::from_secs(90))).unwrap();
-    let mut line = String::new();
-    BufReader::new(s)
-        .read_line(&mut line)
-        .unwrap_or_else(|e| guest.fail(&format!("no ack from the guest: {e}")));
-    line
-}
-
-fn ack_for(cmdline: &str) -> String {
-    format!("ack:{}\n", digest_hex(cmdline.as_bytes()))
-}
-
 /// Both port orders: the port is found by name, whatever its number.
 fn port_order(order: Order, expected_entry: &str, test: &str) {
     let guest = boot(Config {
@@ -190,7 +56,7 @@ fn port_order(order: Order, expected_entry: &str, test: &str) {
     });
     guest.wait_port(VPORT_ID, true, 1, BOOT);
     let cmdline = cmdline(test);
-    send_and_close(&guest, message(&cmdline, Some(PUBKEY)).as_bytes());
+    send_and_close(&guest, message(&cmdline).as_bytes());
     let o = guest.finish();
     assert_stored(&o, o.only_run(), &cmdline);
     assert_opened_vport(&o, expected_entry);
@@ -219,7 +85,7 @@ fn write_once_after(delay: Duration, test: &str) {
     let opened = guest.wait_port(VPORT_ID, true, 1, BOOT);
     std::thread::sleep((opened + delay).saturating_duration_since(Instant::now()));
     let cmdline = cmdline(test);
-    send_and_close(&guest, message(&cmdline, Some(PUBKEY)).as_bytes());
+    send_and_close(&guest, message(&cmdline).as_bytes());
     let o = guest.finish();
     assert_stored(&o, o.only_run(), &cmdline);
     assert_opened_once(&o);
@@ -254,8 +120,7 @@ fn host_keeping_its_connection_open_gets_the_ack_and_the_helper_finishes() {
     guest.wait_port(VPORT_ID, true, 1, BOOT);
     let cmdline = cmdline("keep-open");
     let mut s = guest.connect(VPORT_ID);
-    s.write_all(message(&cmdline, Some(PUBKEY)).as_bytes())
-        .unwrap();
+    s.write_all(message(&cmdline).as_bytes()).unwrap();
     let ack = read_ack(&guest, &s);
     // The host is still connected while the guest finishes and powers off.
     let o = guest.finish();
@@ -279,7 +144,7 @@ fn host_disconnecting_mid_line_then_resending_is_delivered_whole() {
     });
     guest.wait_port(VPORT_ID, true, 1, BOOT);
     let cmdline = cmdline("mid-line");
-    let whole = message(&cmdline, Some(PUBKEY));
+    let whole = message(&cmdline);
     let cut = whole.len() - 20;
     send_and_close(&guest, &whole.as_bytes()[..cut]);
     // Let the guest see the disconnect before the host comes back.
@@ -307,14 +172,9 @@ fn large_message_is_delivered_when_the_host_stays() {
         ..Config::default()
     });
     guest.wait_port(VPORT_ID, true, 1, BOOT);
-    let mut cmdline = cmdline("large");
-    for i in 0..800 {
-        cmdline += &format!(" key{i}=value-{i:04}");
-    }
-    assert!(cmdline.len() > 3 * 4096);
+    let cmdline = large_cmdline("large");
     let mut s = guest.connect(VPORT_ID);
-    s.write_all(message(&cmdline, Some(PUBKEY)).as_bytes())
-        .unwrap();
+    s.write_all(message(&cmdline).as_bytes()).unwrap();
     let ack = read_ack(&guest, &s);
     drop(s);
     let o = guest.finish();
@@ -336,11 +196,8 @@ fn large_message_cut_by_a_closing_host_is_never_stored_in_part() {
         ..Config::default()
     });
     guest.wait_port(VPORT_ID, true, 1, BOOT);
-    let mut cmdline = cmdline("large-cut");
-    for i in 0..800 {
-        cmdline += &format!(" key{i}=value-{i:04}");
-    }
-    let whole = message(&cmdline, Some(PUBKEY));
+    let cmdline = large_cmdline("large-cut");
+    let whole = message(&cmdline);
     send_and_close(&guest, whole.as_bytes());
     let o = guest.finish();
     let run = o.only_run();
@@ -508,7 +365,7 @@ fn reboot_with_host_sending_in_the_grace_period_stores_the_fresh_cmdline() {
     let opened = guest.wait_port(VPORT_ID, true, 1, BOOT);
     std::thread::sleep((opened + Duration::from_secs(1)).saturating_duration_since(Instant::now()));
     let cmdline = cmdline("reboot-fresh");
-    send_and_close(&guest, message(&cmdline, Some(PUBKEY)).as_bytes());
+    send_and_close(&guest, message(&cmdline).as_bytes());
     let o = guest.finish();
     assert_stored(&o, o.only_run(), &cmdline);
 }
@@ -566,46 +423,7 @@ fn guest_agent_port_is_left_free_for_its_own_use() {
         read_guest_agent: true,
         ..Config::default()
     });
-    // qemu-ga's host side is connected all along, as libvirt's is.
-    let mut ga = guest.connect(GA_ID);
-    guest.wait_port(VPORT_ID, true, 1, BOOT);
-    let cmdline = cmdline("guest-agent");
-    send_and_close(&guest, message(&cmdline, Some(PUBKEY)).as_bytes());
-    guest.wait_port(GA_ID, true, 1, Duration::from_secs(120));
-    ga.write_all(b"ga-ping\n").unwrap();
-    let o = guest.finish();
-    drop(ga);
-    assert_stored(&o, o.only_run(), &cmdline);
-    let read = o
-        .guest_agent
-        .clone()
-        .unwrap_or_else(|| fail(&o, "the guest did not read the guest agent's port"));
-    let expected_node = format!("/dev/{}", o.entry_named(harness::GA_NAME).unwrap());
-    assert_eq!(read.node, expected_node);
-    if read.rc != 0 || !read.err.is_empty() {
-        fail(
-            &o,
-            &format!("opening {} failed: rc {} {}", read.node, read.rc, read.err),
-        );
-    }
-    assert_eq!(read.data, b"ga-ping\n", "bytes from the host's GA socket");
-    // The only opener of the guest agent's port was that guest process,
-    // after fetch had ended (the guest prints VBRUN when it has).
-    let fetch_ended = o
-        .console_time("VBRUN")
-        .unwrap_or_else(|| fail(&o, "no VBRUN line"));
-    let ga_opens: Vec<f64> = o
-        .port_events(GA_ID)
-        .iter()
-        .filter(|e| e.1)
-        .map(|e| e.0)
-        .collect();
-    if ga_opens.len() != 1 || ga_opens[0] < fetch_ended {
-        fail(
-            &o,
-            &format!("the guest agent's port was opened at {ga_opens:?} s, fetch ended at {fetch_ended:.2} s"),
-        );
-    }
+    guest_agent_port_is_left_free(guest, BOOT, Guest::finish);
 }
 
 #[test]
@@ -618,7 +436,7 @@ fn port_appearing_after_the_helper_started_is_found() {
     });
     guest.wait_port(VPORT_ID, true, 1, BOOT);
     let cmdline = cmdline("late-module");
-    send_and_close(&guest, message(&cmdline, Some(PUBKEY)).as_bytes());
+    send_and_close(&guest, message(&cmdline).as_bytes());
     let o = guest.finish();
     assert_stored(&o, o.only_run(), &cmdline);
     assert_guest_agent_untouched(&o);
@@ -645,8 +463,7 @@ fn host_reads_ack_with_sha256_of_the_cmdline_every_time() {
         let cmdline = cmdline(&format!("ack-{i}"));
         let mut s = guest.connect(VPORT_ID);
         let t = Instant::now();
-        s.write_all(message(&cmdline, Some(PUBKEY)).as_bytes())
-            .unwrap();
+        s.write_all(message(&cmdline).as_bytes()).unwrap();
         let ack = read_ack(&guest, &s);
         rtt_ms.push(t.elapsed().as_secs_f64() * 1000.0);
         if ack != ack_for(&cmdline) {
@@ -677,44 +494,6 @@ fn host_reads_ack_with_sha256_of_the_cmdline_every_time() {
              {zeros} (messages they ended: {ended_by_zero})"
         )],
     );
-}
-
-/// Runs the host build of `vport-bootargs send` against a guest's socket.
-fn run_send(
-    guest: &Guest,
-    cmdline: &str,
-    key_file: &std::path::Path,
-    extra: &[&str],
-) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_vport-bootargs"))
-        .arg("send")
-        .arg("--socket")
-        .arg(guest.socket(VPORT_ID))
-        .args(["--raw", "-p", cmdline])
-        .arg("--pubkey-file")
-        .arg(key_file)
-        .args(extra)
-        .output()
-        .expect("run vport-bootargs send")
-}
-
-fn assert_sent(o: &Outcome, out: &std::process::Output) {
-    if !out.status.success() {
-        fail(
-            o,
-            &format!(
-                "send failed ({}): {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        );
-    }
-}
-
-fn key_file(dir: &tempfile::TempDir) -> std::path::PathBuf {
-    let path = dir.path().join("id_rsa.pub.cloud");
-    std::fs::write(&path, format!("{PUBKEY}\n")).unwrap();
-    path
 }
 
 /// `send` without --wait-ack is patchviasocket.py: write and close. It
@@ -749,10 +528,7 @@ fn send_wait_ack_delivers_a_message_of_several_pages() {
         ..Config::default()
     });
     guest.wait_port(VPORT_ID, true, 1, BOOT);
-    let mut cmdline = cmdline("send-large");
-    for i in 0..800 {
-        cmdline += &format!(" key{i}=value-{i:04}");
-    }
+    let cmdline = large_cmdline("send-large");
     let out = run_send(&guest, &cmdline, &key, &["--wait-ack", "60"]);
     let o = guest.finish();
     assert_sent(&o, &out);
@@ -831,14 +607,6 @@ fn send_wait_ack_delivers_whenever_it_starts() {
 /// `message` with the end line `send` adds.
 fn framed(body: &str) -> String {
     format!("{body}{}", end_line(body.as_bytes()))
-}
-
-fn big_cmdline(test: &str) -> String {
-    let mut c = cmdline(test);
-    for i in 0..800 {
-        c += &format!(" key{i}=value-{i:04}");
-    }
-    c
 }
 
 /// The helper's `ports after X s: ...` debug lines, as (seconds since the
@@ -962,11 +730,11 @@ fn cut_then_quick_resend(frame: bool, test: &str) {
     guest.wait_port(VPORT_ID, true, 1, BOOT);
     let cmdline = cmdline(test);
     let whole = if frame {
-        framed(&message(&cmdline, Some(PUBKEY)))
+        framed(&message(&cmdline))
     } else {
-        message(&cmdline, Some(PUBKEY))
+        message(&cmdline)
     };
-    let cut = message(&cmdline, Some(PUBKEY)).len() - 25;
+    let cut = message(&cmdline).len() - 25;
     send_and_close(&guest, &whole.as_bytes()[..cut]);
     std::thread::sleep(Duration::from_millis(3));
     send_and_close(&guest, whole.as_bytes());
@@ -1079,7 +847,7 @@ fn send_without_wait_ack_delivers_several_pages_to_a_held_port() {
         ..Config::default()
     });
     guest.wait_port(VPORT_ID, true, 1, BOOT);
-    let cmdline = big_cmdline("send-once-large");
+    let cmdline = large_cmdline("send-once-large");
     let out = run_send(&guest, &cmdline, &key, &[]);
     let o = guest.finish();
     assert_sent(&o, &out);
@@ -1135,10 +903,7 @@ fn reboot_with_stray_bytes_in_the_grace_period_keeps_the_stored_cmdline() {
     });
     guest.wait_port(VPORT_ID, true, 1, BOOT);
     send_and_close(&guest, b"hello:this is not for you\n");
-    send_and_close(
-        &guest,
-        message(&big_cmdline("stray"), Some(PUBKEY)).as_bytes(),
-    );
+    send_and_close(&guest, message(&large_cmdline("stray")).as_bytes());
     let o = guest.finish();
     let run = o.only_run();
     assert_exit(&o, run, 0);

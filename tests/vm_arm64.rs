@@ -26,11 +26,10 @@ mod harness;
 mod report;
 
 use std::io::Write;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime};
 
 use checks::*;
-use harness::{Arch, Config, Guest, Order, Outcome, GA_ID, GA_NAME, VPORT_ID, VPORT_NAME};
+use harness::{Arch, Config, Guest, Order, Outcome, GA_NAME, VPORT_ID, VPORT_NAME};
 
 /// How long a guest may take to boot and open its port (an arm64 guest
 /// under TCG boots several times slower than an x86_64 one).
@@ -39,25 +38,7 @@ const BOOT: Duration = Duration::from_secs(180);
 /// Boots an aarch64 guest; the first one also records the machine in the
 /// report.
 fn boot(cfg: Config) -> Guest {
-    static MACHINE: OnceLock<()> = OnceLock::new();
-    let guest = Guest::start(&Config {
-        arch: Arch::Aarch64,
-        ..cfg
-    });
-    MACHINE.get_or_init(|| {
-        let art = harness::artifacts(Arch::Aarch64);
-        report::record(
-            "01-machine",
-            &report::machine(
-                guest.arch.qemu(),
-                guest.accel.name(),
-                &art.rust_target,
-                art.binary_size,
-                &art.kernel_package,
-            ),
-        );
-    });
-    guest
+    boot_arch(Arch::Aarch64, cfg)
 }
 
 /// Waits for the guest to power off, and reports how long it ran and when
@@ -137,43 +118,7 @@ fn arm64_guest_agent_port_is_left_free_for_its_own_use() {
         read_guest_agent: true,
         ..Config::default()
     });
-    let mut ga = guest.connect(GA_ID);
-    guest.wait_port(VPORT_ID, true, 1, BOOT);
-    let cmdline = cmdline("guest-agent");
-    send_and_close(&guest, message(&cmdline).as_bytes());
-    guest.wait_port(GA_ID, true, 1, Duration::from_secs(120));
-    ga.write_all(b"ga-ping\n").unwrap();
-    let o = finish(guest, "guest-agent");
-    drop(ga);
-    assert_stored(&o, o.only_run(), &cmdline);
-    let read = o
-        .guest_agent
-        .clone()
-        .unwrap_or_else(|| fail(&o, "the guest did not read the guest agent's port"));
-    let expected_node = format!("/dev/{}", o.entry_named(GA_NAME).unwrap());
-    assert_eq!(read.node, expected_node);
-    if read.rc != 0 || !read.err.is_empty() {
-        fail(
-            &o,
-            &format!("opening {} failed: rc {} {}", read.node, read.rc, read.err),
-        );
-    }
-    assert_eq!(read.data, b"ga-ping\n", "bytes from the host's GA socket");
-    let fetch_ended = o
-        .console_time("VBRUN")
-        .unwrap_or_else(|| fail(&o, "no VBRUN line"));
-    let ga_opens: Vec<f64> = o
-        .port_events(GA_ID)
-        .iter()
-        .filter(|e| e.1)
-        .map(|e| e.0)
-        .collect();
-    if ga_opens.len() != 1 || ga_opens[0] < fetch_ended {
-        fail(
-            &o,
-            &format!("the guest agent's port was opened at {ga_opens:?} s, fetch ended at {fetch_ended:.2} s"),
-        );
-    }
+    guest_agent_port_is_left_free(guest, BOOT, |g| finish(g, "guest-agent"));
 }
 
 /// patchviasocket.py's way, late: connect, write, close at once, 10 s after

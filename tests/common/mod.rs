@@ -87,13 +87,37 @@ impl Tree {
         node
     }
 
+    /// The sysfs class entry of port `entry`.
+    pub fn class(&self, entry: &str) -> PathBuf {
+        self.sys().join("class/virtio-ports").join(entry)
+    }
+
     pub fn add_sysfs(&self, entry: &str, name: Option<&str>, dev: &str) {
-        let dir = self.sys().join("class/virtio-ports").join(entry);
+        let dir = self.class(entry);
         fs::create_dir_all(&dir).unwrap();
         fs::write(dir.join("dev"), format!("{dev}\n")).unwrap();
         if let Some(name) = name {
             fs::write(dir.join("name"), format!("{name}\n")).unwrap();
         }
+    }
+
+    /// `<sys>/bus/virtio/devices/virtioN` of type `id`, bound to its
+    /// driver or not.
+    pub fn add_virtio_device(&self, n: u32, id: &str, bound: bool) {
+        let dir = self.sys().join(format!("bus/virtio/devices/virtio{n}"));
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("device"), format!("{id}\n")).unwrap();
+        if bound {
+            fs::create_dir_all(dir.join("driver")).unwrap();
+        }
+    }
+
+    /// `<sys>/bus/pci/devices/<slot>` with `vendor` and `device`.
+    pub fn add_pci_device(&self, slot: &str, vendor: &str, device: &str) {
+        let dir = self.sys().join("bus/pci/devices").join(slot);
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("vendor"), format!("{vendor}\n")).unwrap();
+        fs::write(dir.join("device"), format!("{device}\n")).unwrap();
     }
 
     /// The udev symlink `/dev/virtio-ports/<name> -> ../<entry>`.
@@ -226,11 +250,43 @@ pub fn mode(path: &Path) -> u32 {
 }
 
 pub fn code(out: &Output) -> i32 {
-    out.status.code().expect("exited, not killed")
+    use std::os::unix::process::ExitStatusExt;
+    out.status.code().unwrap_or_else(|| {
+        panic!(
+            "killed by {:?}: {}",
+            out.status.signal(),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
 }
 
 pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs `cmd` to its end, failing the test if that takes over GUARD. The
+/// output is read meanwhile, so a large one cannot stall the child.
+pub fn run_guarded(cmd: &mut Command) -> Output {
+    let child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as nix::libc::pid_t;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || tx.send(child.wait_with_output().unwrap()));
+    match rx.recv_timeout(GUARD) {
+        Ok(out) => out,
+        Err(_) => {
+            // SAFETY: kill(2) on our own child, still unreaped.
+            unsafe { nix::libc::kill(pid, nix::libc::SIGKILL) };
+            panic!("{cmd:?} hung for {GUARD:?}");
+        }
+    }
 }
 
 /// The one `error:` line of a failed run.
