@@ -1,17 +1,18 @@
-//! A benchmark, not part of CI (it takes minutes and both cores): eight
+//! A benchmark, not a test and not part of CI (it takes minutes and both
+//! cores): eight
 //! guests booting at once, each with one kind of host, sending before or
 //! after the guest holds its port, small or several pages. Reports, per
 //! kind, whether the message was delivered and what `send` said, with host
 //! and guest times on the host's clock (a starved TCG guest's own clock runs
 //! slow). Nothing is asserted but that each guest finishes.
 //!
-//! Run by hand: `cargo test --test vm_load -- --ignored --nocapture`; the
-//! lines go to <target>/vm/report.txt like the VM suite's.
+//! Run by hand, as root: `cargo bench --bench vm_load`; the lines go to
+//! <target>/vm/report.txt like the VM suite's.
 
-#[path = "vm/harness.rs"]
+#[path = "../tests/vm/harness.rs"]
 #[allow(dead_code)]
 mod harness;
-#[path = "vm/report.rs"]
+#[path = "../tests/vm/report.rs"]
 #[allow(dead_code)]
 mod report;
 
@@ -55,8 +56,10 @@ fn cmdline(i: usize, large: bool) -> String {
     c
 }
 
-#[test]
-#[ignore = "benchmark: eight guests at once; run by hand"]
+fn main() {
+    eight_guests_booting_at_once_with_every_kind_of_host();
+}
+
 fn eight_guests_booting_at_once_with_every_kind_of_host() {
     let dir = tempfile::tempdir().unwrap();
     let key = dir.path().join("id_rsa.pub.cloud");
