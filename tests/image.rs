@@ -130,22 +130,26 @@ fn boots() -> &'static Boots {
     once(&BOOTS, "the image could not be built or booted", run_boots)
 }
 
+/// An emptied `work()/name` directory, a fresh copy of the image's disk in
+/// it, and a directory for QEMU's sockets named after `prefix`.
+fn fresh_run(images: &Path, name: &str, prefix: &str) -> (PathBuf, PathBuf, tempfile::TempDir) {
+    let run = work().join(name);
+    let _ = fs::remove_dir_all(&run);
+    fs::create_dir_all(&run).unwrap();
+    let disk = run.join("disk.raw");
+    copy_sparse(&images.join("image.raw"), &disk);
+    // QEMU's sockets: a short path, sun_path holds 108 bytes.
+    let sockets = tempfile::Builder::new().prefix(prefix).tempdir().unwrap();
+    (run, disk, sockets)
+}
+
 fn run_boots() -> Boots {
     let started = Instant::now();
     let deb = &package().deb;
     let images = image_for(deb);
     let built = started.elapsed();
 
-    let run = work().join("run");
-    let _ = fs::remove_dir_all(&run);
-    fs::create_dir_all(&run).unwrap();
-    let disk = run.join("disk.raw");
-    copy_sparse(&images.join("image.raw"), &disk);
-    // QEMU's sockets: a short path, sun_path holds 108 bytes.
-    let sockets = tempfile::Builder::new()
-        .prefix("vport-image")
-        .tempdir()
-        .unwrap();
+    let (run, disk, sockets) = fresh_run(&images, "run", "vport-image");
     let key = run.join("id_rsa.pub.cloud");
     fs::write(&key, format!("{PUBKEY}\n")).unwrap();
 
@@ -965,16 +969,8 @@ fn ga_only() -> &'static GaOnly {
 
 fn run_ga_only() -> GaOnly {
     let images = image_for(&package().deb);
-    let run = work().join("run-ga-only");
-    let _ = fs::remove_dir_all(&run);
-    fs::create_dir_all(&run).unwrap();
     // A disk as the image left it: no stored parameters.
-    let disk = run.join("disk.raw");
-    copy_sparse(&images.join("image.raw"), &disk);
-    let sockets = tempfile::Builder::new()
-        .prefix("vport-ga")
-        .tempdir()
-        .unwrap();
+    let (run, disk, sockets) = fresh_run(&images, "run-ga-only", "vport-ga");
     let qmp_path = sockets.path().join("qmp");
     let mut qemu = Command::new(repo().join("tests/image/run-vm.sh"))
         .env("IMAGE_CHECK_LINGER", "900")
