@@ -102,15 +102,6 @@ struct Boot {
     error: Option<String>,
 }
 
-impl Boot {
-    fn try_fact(&self, prefix: &str) -> Option<&str> {
-        self.facts
-            .iter()
-            .find_map(|f| f.strip_prefix(prefix))
-            .map(str::trim)
-    }
-}
-
 impl Facts for Boot {
     fn facts(&self) -> &[String] {
         &self.facts
@@ -132,6 +123,13 @@ impl Facts for Boot {
 }
 
 impl Boot {
+    fn try_fact(&self, prefix: &str) -> Option<&str> {
+        self.facts
+            .iter()
+            .find_map(|f| f.strip_prefix(prefix))
+            .map(str::trim)
+    }
+
     /// `(bytes, sha256)` of what a stand-in read; None: it read nothing.
     fn read_by(&self, who: &str) -> Option<(usize, String)> {
         let line = self.try_fact(&format!("digest {who} "))?;
