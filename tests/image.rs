@@ -72,16 +72,12 @@ impl Facts for Boot {
     }
 
     fn fact(&self, prefix: &str) -> &str {
-        self.facts
-            .iter()
-            .find_map(|f| f.strip_prefix(prefix))
-            .map(str::trim)
-            .unwrap_or_else(|| {
-                panic!(
-                    "the guest reported no {prefix:?} line; facts: {:#?}",
-                    self.facts
-                )
-            })
+        self.try_fact(prefix).unwrap_or_else(|| {
+            panic!(
+                "the guest reported no {prefix:?} line; facts: {:#?}",
+                self.facts
+            )
+        })
     }
 }
 
@@ -954,10 +950,7 @@ impl Facts for GaOnly {
     }
 
     fn fact(&self, prefix: &str) -> &str {
-        self.facts
-            .iter()
-            .find_map(|f| f.strip_prefix(prefix))
-            .map(str::trim)
+        self.try_fact(prefix)
             .unwrap_or_else(|| panic!("no {prefix:?} fact; facts: {:#?}", self.facts))
     }
 }

@@ -691,10 +691,7 @@ impl Facts for Report {
     }
 
     fn fact(&self, prefix: &str) -> &str {
-        self.facts
-            .iter()
-            .find_map(|f| f.strip_prefix(prefix))
-            .map(str::trim)
+        self.try_fact(prefix)
             .unwrap_or_else(|| panic!("the guest reported no {prefix:?} line: {:#?}", self.facts))
     }
 }

@@ -123,13 +123,6 @@ impl Facts for Boot {
 }
 
 impl Boot {
-    fn try_fact(&self, prefix: &str) -> Option<&str> {
-        self.facts
-            .iter()
-            .find_map(|f| f.strip_prefix(prefix))
-            .map(str::trim)
-    }
-
     /// `(bytes, sha256)` of what a stand-in read; None: it read nothing.
     fn read_by(&self, who: &str) -> Option<(usize, String)> {
         let line = self.try_fact(&format!("digest {who} "))?;

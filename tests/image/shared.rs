@@ -18,7 +18,16 @@ pub fn repo() -> PathBuf {
 pub trait Facts {
     fn facts(&self) -> &[String];
 
-    /// The rest of the first fact line that starts with `prefix`.
+    /// The rest of the first fact line that starts with `prefix`, if any.
+    fn try_fact(&self, prefix: &str) -> Option<&str> {
+        self.facts()
+            .iter()
+            .find_map(|f| f.strip_prefix(prefix))
+            .map(str::trim)
+    }
+
+    /// The rest of the first fact line that starts with `prefix`; each
+    /// suite says in its own words that there was none.
     fn fact(&self, prefix: &str) -> &str;
 
     fn facts_with(&self, prefix: &str) -> Vec<&str> {
