@@ -21,6 +21,9 @@
 //! it. Console logs and figures go to target/image/run/. Timing is reported,
 //! never asserted; the limits below only catch a hung guest.
 
+#[path = "image/shared.rs"]
+mod shared;
+
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
@@ -31,6 +34,7 @@ use std::sync::OnceLock;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use shared::{base64_decode, copy_sparse, once, repo, Facts};
 use vport_bootargs::wire::digest_hex;
 
 const VM: &str = "s-1-VM";
@@ -44,10 +48,6 @@ const PUBKEY: &str =
 const BOOT_LIMIT: Duration = Duration::from_secs(240);
 /// For the guest agent's answer, and for QEMU to exit after guest-shutdown.
 const AGENT_LIMIT: Duration = Duration::from_secs(60);
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
 
 fn work() -> PathBuf {
     repo().join("target/image")
@@ -66,37 +66,22 @@ struct Boot {
     elapsed: Duration,
 }
 
-impl Boot {
-    /// The rest of the first fact line that starts with `prefix`.
+impl Facts for Boot {
+    fn facts(&self) -> &[String] {
+        &self.facts
+    }
+
     fn fact(&self, prefix: &str) -> &str {
-        self.facts
-            .iter()
-            .find_map(|f| f.strip_prefix(prefix))
-            .map(str::trim)
-            .unwrap_or_else(|| {
-                panic!(
-                    "the guest reported no {prefix:?} line; facts: {:#?}",
-                    self.facts
-                )
-            })
+        self.try_fact(prefix).unwrap_or_else(|| {
+            panic!(
+                "the guest reported no {prefix:?} line; facts: {:#?}",
+                self.facts
+            )
+        })
     }
+}
 
-    fn facts_with(&self, prefix: &str) -> Vec<&str> {
-        self.facts
-            .iter()
-            .filter_map(|f| f.strip_prefix(prefix))
-            .collect()
-    }
-
-    /// `KEY=VALUE` from a `@@ unit NAME ...` line.
-    fn unit(&self, unit: &str, key: &str) -> String {
-        let line = self.fact(&format!("unit {unit} "));
-        line.split_whitespace()
-            .find_map(|kv| kv.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
-            .unwrap_or_else(|| panic!("no {key} in {line:?}"))
-            .to_owned()
-    }
-
+impl Boot {
     /// Mode, owner and content of a file the guest reported.
     fn file(&self, path: &str) -> (String, String, Vec<u8>) {
         let line = self.fact(&format!("file {path} "));
@@ -106,14 +91,6 @@ impl Boot {
         let owner = parts.next().unwrap_or_default().to_owned();
         let content = base64_decode(parts.next().unwrap_or_default());
         (mode, owner, content)
-    }
-
-    /// How long the unit's ExecStart ran, from systemd's monotonic stamps.
-    fn unit_runtime(&self, unit: &str) -> Duration {
-        let us = |k| self.unit(unit, k).parse::<u64>().unwrap();
-        Duration::from_micros(
-            us("ExecMainExitTimestampMonotonic") - us("ExecMainStartTimestampMonotonic"),
-        )
     }
 }
 
@@ -149,25 +126,17 @@ fn boots() -> &'static Boots {
     once(&BOOTS, "the image could not be built or booted", run_boots)
 }
 
-/// Runs `f` once for all the tests. A failure is kept and reported by every
-/// test that needs the result, instead of each one building or booting again.
-fn once<T>(
-    cell: &'static OnceLock<Result<T, String>>,
-    what: &str,
-    f: impl FnOnce() -> T + std::panic::UnwindSafe,
-) -> &'static T {
-    let result = cell.get_or_init(|| {
-        std::panic::catch_unwind(f).map_err(|e| {
-            e.downcast_ref::<String>()
-                .cloned()
-                .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_default()
-        })
-    });
-    match result {
-        Ok(v) => v,
-        Err(e) => panic!("{what}: {e}"),
-    }
+/// An emptied `work()/name` directory, a fresh copy of the image's disk in
+/// it, and a directory for QEMU's sockets named after `prefix`.
+fn fresh_run(images: &Path, name: &str, prefix: &str) -> (PathBuf, PathBuf, tempfile::TempDir) {
+    let run = work().join(name);
+    let _ = fs::remove_dir_all(&run);
+    fs::create_dir_all(&run).unwrap();
+    let disk = run.join("disk.raw");
+    copy_sparse(&images.join("image.raw"), &disk);
+    // QEMU's sockets: a short path, sun_path holds 108 bytes.
+    let sockets = tempfile::Builder::new().prefix(prefix).tempdir().unwrap();
+    (run, disk, sockets)
 }
 
 fn run_boots() -> Boots {
@@ -176,16 +145,7 @@ fn run_boots() -> Boots {
     let images = image_for(deb);
     let built = started.elapsed();
 
-    let run = work().join("run");
-    let _ = fs::remove_dir_all(&run);
-    fs::create_dir_all(&run).unwrap();
-    let disk = run.join("disk.raw");
-    copy_sparse(&images.join("image.raw"), &disk);
-    // QEMU's sockets: a short path, sun_path holds 108 bytes.
-    let sockets = tempfile::Builder::new()
-        .prefix("vport-image")
-        .tempdir()
-        .unwrap();
+    let (run, disk, sockets) = fresh_run(&images, "run", "vport-image");
     let key = run.join("id_rsa.pub.cloud");
     fs::write(&key, format!("{PUBKEY}\n")).unwrap();
 
@@ -272,16 +232,6 @@ fn image_for(deb: &Path) -> PathBuf {
         .expect("cannot run tests/image/cached-image.sh");
     assert!(out.status.success(), "building the image failed");
     PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
-}
-
-fn copy_sparse(from: &Path, to: &Path) {
-    let st = Command::new("cp")
-        .arg("--sparse=always")
-        .arg(from)
-        .arg(to)
-        .status()
-        .unwrap();
-    assert!(st.success(), "cannot copy {}", from.display());
 }
 
 /// Boots the disk once and collects what the guest reported.
@@ -456,22 +406,6 @@ fn read_all(r: Option<impl Read>) -> String {
 fn tail(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
-fn base64_decode(s: &str) -> Vec<u8> {
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = Vec::new();
-    let (mut acc, mut bits) = (0u32, 0);
-    for c in s.bytes().filter(|&c| c != b'=') {
-        let v = ALPHABET.iter().position(|&a| a == c).expect("bad base64") as u32;
-        acc = acc << 6 | v;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-        }
-    }
-    out
 }
 
 /// Figures for the README: written to target/image/run/report.txt and
@@ -1010,21 +944,14 @@ struct GaOnly {
     sandbox: Result<String, String>,
 }
 
-impl GaOnly {
-    fn fact(&self, prefix: &str) -> &str {
-        self.facts
-            .iter()
-            .find_map(|f| f.strip_prefix(prefix))
-            .map(str::trim)
-            .unwrap_or_else(|| panic!("no {prefix:?} fact; facts: {:#?}", self.facts))
+impl Facts for GaOnly {
+    fn facts(&self) -> &[String] {
+        &self.facts
     }
 
-    fn unit(&self, unit: &str, key: &str) -> String {
-        let line = self.fact(&format!("unit {unit} "));
-        line.split_whitespace()
-            .find_map(|kv| kv.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
-            .unwrap_or_else(|| panic!("no {key} in {line:?}"))
-            .to_owned()
+    fn fact(&self, prefix: &str) -> &str {
+        self.try_fact(prefix)
+            .unwrap_or_else(|| panic!("no {prefix:?} fact; facts: {:#?}", self.facts))
     }
 }
 
@@ -1035,16 +962,8 @@ fn ga_only() -> &'static GaOnly {
 
 fn run_ga_only() -> GaOnly {
     let images = image_for(&package().deb);
-    let run = work().join("run-ga-only");
-    let _ = fs::remove_dir_all(&run);
-    fs::create_dir_all(&run).unwrap();
     // A disk as the image left it: no stored parameters.
-    let disk = run.join("disk.raw");
-    copy_sparse(&images.join("image.raw"), &disk);
-    let sockets = tempfile::Builder::new()
-        .prefix("vport-ga")
-        .tempdir()
-        .unwrap();
+    let (run, disk, sockets) = fresh_run(&images, "run-ga-only", "vport-ga");
     let qmp_path = sockets.path().join("qmp");
     let mut qemu = Command::new(repo().join("tests/image/run-vm.sh"))
         .env("IMAGE_CHECK_LINGER", "900")

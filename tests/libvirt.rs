@@ -31,6 +31,9 @@
 //! Console logs and figures go to target/libvirt/. Timing is reported, never
 //! asserted; the limits below only catch a hung guest.
 
+#[path = "image/shared.rs"]
+mod shared;
+
 use std::fs;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -39,6 +42,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::thread;
 use std::time::{Duration, Instant};
+
+use shared::{base64_decode, caught, image, once, repo, Facts};
 
 const URI: &str = "qemu:///system";
 /// CloudStack's `qemu.sockets.path` default, and `send`'s default directory.
@@ -64,10 +69,6 @@ const ONE_SHOT_INTERVAL: Duration = Duration::from_secs(2);
 /// tests destroy their domains long before.
 const LINGER_SECS: u32 = 900;
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
 fn work() -> PathBuf {
     repo().join("target/libvirt")
 }
@@ -87,10 +88,7 @@ struct Run {
 /// and fails every test that needs the run.
 fn run() -> &'static Run {
     static RUN: OnceLock<Result<Run, String>> = OnceLock::new();
-    match RUN.get_or_init(|| caught(run_all)) {
-        Ok(run) => run,
-        Err(e) => panic!("the libvirt run failed: {e}"),
-    }
+    once(&RUN, "the libvirt run failed", run_all)
 }
 
 fn run_all() -> Run {
@@ -131,40 +129,9 @@ fn run_all() -> Run {
     run
 }
 
-/// Runs one scenario; a panic becomes its error, so that the other
-/// scenarios' tests still see their results.
-fn caught<T>(f: impl FnOnce() -> T + std::panic::UnwindSafe) -> Result<T, String> {
-    std::panic::catch_unwind(f).map_err(|e| {
-        e.downcast_ref::<String>()
-            .cloned()
-            .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
-            .unwrap_or_default()
-    })
-}
-
 fn get<'a, T>(r: &'a Result<T, String>, what: &str) -> &'a T {
     r.as_ref()
         .unwrap_or_else(|e| panic!("the {what} scenario failed: {e}"))
-}
-
-/// The package and the image, built or taken from the image test's cache.
-fn image() -> PathBuf {
-    let image_work = repo().join("target/image");
-    let out = Command::new(repo().join("tests/image/build-deb.sh"))
-        .arg(&image_work)
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("cannot run tests/image/build-deb.sh");
-    assert!(out.status.success(), "building the package failed");
-    let deb = String::from_utf8(out.stdout).unwrap().trim().to_owned();
-    let out = Command::new(repo().join("tests/image/cached-image.sh"))
-        .arg(&deb)
-        .arg(&image_work)
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("cannot run tests/image/cached-image.sh");
-    assert!(out.status.success(), "building the image failed");
-    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
 }
 
 struct Ctx<'a> {
@@ -718,31 +685,18 @@ struct Report {
     at: Duration,
 }
 
-impl Report {
+impl Facts for Report {
+    fn facts(&self) -> &[String] {
+        &self.facts
+    }
+
     fn fact(&self, prefix: &str) -> &str {
-        self.facts
-            .iter()
-            .find_map(|f| f.strip_prefix(prefix))
-            .map(str::trim)
+        self.try_fact(prefix)
             .unwrap_or_else(|| panic!("the guest reported no {prefix:?} line: {:#?}", self.facts))
     }
+}
 
-    fn facts_with(&self, prefix: &str) -> Vec<&str> {
-        self.facts
-            .iter()
-            .filter_map(|f| f.strip_prefix(prefix))
-            .collect()
-    }
-
-    /// `KEY=VALUE` from a `@@ unit NAME ...` line.
-    fn unit(&self, unit: &str, key: &str) -> String {
-        let line = self.fact(&format!("unit {unit} "));
-        line.split_whitespace()
-            .find_map(|kv| kv.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
-            .unwrap_or_else(|| panic!("no {key} in {line:?}"))
-            .to_owned()
-    }
-
+impl Report {
     /// The file's content, or None when the guest reported it missing.
     fn file(&self, path: &str) -> Option<String> {
         let line = self.fact(&format!("file {path} "));
@@ -1275,21 +1229,6 @@ fn base64_encode(bytes: &[u8]) -> String {
             } else {
                 out.push('=');
             }
-        }
-    }
-    out
-}
-
-fn base64_decode(s: &str) -> Vec<u8> {
-    let mut out = Vec::new();
-    let (mut acc, mut bits) = (0u32, 0);
-    for c in s.bytes().filter(|&c| c != b'=') {
-        let v = B64.iter().position(|&a| a == c).expect("bad base64") as u32;
-        acc = acc << 6 | v;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
         }
     }
     out

@@ -28,6 +28,9 @@
 //! Figures go to target/libvirt-qga/report.txt; they are reported, never
 //! asserted.
 
+#[path = "image/shared.rs"]
+mod shared;
+
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -36,6 +39,7 @@ use std::sync::OnceLock;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use shared::{copy_sparse, image, once, repo, Facts};
 use vport_bootargs::wire::digest_hex;
 
 /// From `virsh create` to the guest's `@@ done` (a boot is ~20 s under TCG
@@ -47,10 +51,6 @@ const BOOT_LIMIT: Duration = Duration::from_secs(900);
 /// to see the cut file.
 const WRITE_CLOSE_PAUSE: Duration = Duration::from_secs(2);
 const MASK: &str = "systemd.mask=vport-bootargs-barrier.service";
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
 
 fn work() -> PathBuf {
     repo().join("target/libvirt-qga")
@@ -102,12 +102,9 @@ struct Boot {
     error: Option<String>,
 }
 
-impl Boot {
-    fn try_fact(&self, prefix: &str) -> Option<&str> {
-        self.facts
-            .iter()
-            .find_map(|f| f.strip_prefix(prefix))
-            .map(str::trim)
+impl Facts for Boot {
+    fn facts(&self) -> &[String] {
+        &self.facts
     }
 
     fn fact(&self, prefix: &str) -> &str {
@@ -123,14 +120,9 @@ impl Boot {
             )
         })
     }
+}
 
-    fn facts_with(&self, prefix: &str) -> Vec<&str> {
-        self.facts
-            .iter()
-            .filter_map(|f| f.strip_prefix(prefix))
-            .collect()
-    }
-
+impl Boot {
     /// `(bytes, sha256)` of what a stand-in read; None: it read nothing.
     fn read_by(&self, who: &str) -> Option<(usize, String)> {
         let line = self.try_fact(&format!("digest {who} "))?;
@@ -144,21 +136,6 @@ impl Boot {
                 .to_owned()
         };
         Some((field("bytes=").parse().unwrap(), field("sha256=")))
-    }
-
-    fn unit(&self, unit: &str, key: &str) -> String {
-        let line = self.fact(&format!("unit {unit} "));
-        line.split_whitespace()
-            .find_map(|kv| kv.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
-            .unwrap_or_else(|| panic!("no {key} in {line:?}"))
-            .to_owned()
-    }
-
-    fn unit_runtime(&self, unit: &str) -> Duration {
-        let us = |k| self.unit(unit, k).parse::<u64>().unwrap();
-        Duration::from_micros(
-            us("ExecMainExitTimestampMonotonic") - us("ExecMainStartTimestampMonotonic"),
-        )
     }
 
     /// For the report, which must not fail on a boot that did not finish.
@@ -214,18 +191,7 @@ struct Boots {
 
 fn boots() -> &'static Boots {
     static BOOTS: OnceLock<Result<Boots, String>> = OnceLock::new();
-    let result = BOOTS.get_or_init(|| {
-        std::panic::catch_unwind(run_boots).map_err(|e| {
-            e.downcast_ref::<String>()
-                .cloned()
-                .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_default()
-        })
-    });
-    match result {
-        Ok(b) => b,
-        Err(e) => panic!("the libvirt boots could not run: {e}"),
-    }
+    once(&BOOTS, "the libvirt boots could not run", run_boots)
 }
 
 fn run_boots() -> Boots {
@@ -413,35 +379,6 @@ impl Drop for Libvirtd {
 
 fn read_pid(path: &Path) -> Option<u32> {
     fs::read_to_string(path).ok()?.trim().parse().ok()
-}
-
-fn image() -> PathBuf {
-    let image_work = repo().join("target/image");
-    let out = Command::new(repo().join("tests/image/build-deb.sh"))
-        .arg(&image_work)
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("cannot run tests/image/build-deb.sh");
-    assert!(out.status.success(), "building the package failed");
-    let deb = String::from_utf8(out.stdout).unwrap().trim().to_owned();
-    let out = Command::new(repo().join("tests/image/cached-image.sh"))
-        .arg(deb)
-        .arg(&image_work)
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("cannot run tests/image/cached-image.sh");
-    assert!(out.status.success(), "building the image failed");
-    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
-}
-
-fn copy_sparse(from: &Path, to: &Path) {
-    let st = Command::new("cp")
-        .arg("--sparse=always")
-        .arg(from)
-        .arg(to)
-        .status()
-        .unwrap();
-    assert!(st.success(), "cannot copy {}", from.display());
 }
 
 fn agent(lv: &Libvirtd, vm: &str, json: &str) -> Result<String, String> {

@@ -7,7 +7,7 @@
 //! white space to the splitter, so they can, and are tried.)
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use proptest::prelude::*;
@@ -60,6 +60,23 @@ fn sourced(shell: &[&str], env_file: &Path, names: &[String]) -> Vec<u8> {
     out.stdout
 }
 
+/// Stores `cmdline` (as written to the cache file) under `dir`, renders it
+/// with `show --format env` and returns the file holding the output.
+fn rendered_env(dir: &Path, cmdline: &str) -> PathBuf {
+    let cache = dir.join("cache");
+    fs::create_dir(&cache).unwrap();
+    fs::write(cache.join("cmdline"), cmdline).unwrap();
+    let show = Command::new(BIN)
+        .args(["show", "--format", "env", "--cache-dir"])
+        .arg(&cache)
+        .output()
+        .unwrap();
+    assert!(show.status.success(), "{show:?}");
+    let env_file = dir.join("env.sh");
+    fs::write(&env_file, &show.stdout).unwrap();
+    env_file
+}
+
 /// Stores `cmdline`, renders it with `show --format env`, sources that in
 /// every shell and checks each variable holds `expected` exactly and that
 /// nothing ran.
@@ -69,17 +86,7 @@ fn check(cmdline: &str, expected: &[(String, String)]) {
     let mark = mark.to_str().unwrap();
     assert!(!mark.contains(|c: char| c.is_ascii_whitespace()));
     let cmdline = cmdline.replace(MARK, mark);
-    let cache = dir.path().join("cache");
-    fs::create_dir(&cache).unwrap();
-    fs::write(cache.join("cmdline"), format!("{cmdline}\n")).unwrap();
-    let show = Command::new(BIN)
-        .args(["show", "--format", "env", "--cache-dir"])
-        .arg(&cache)
-        .output()
-        .unwrap();
-    assert!(show.status.success(), "{show:?}");
-    let env_file = dir.path().join("env.sh");
-    fs::write(&env_file, &show.stdout).unwrap();
+    let env_file = rendered_env(dir.path(), &format!("{cmdline}\n"));
 
     let names: Vec<String> = expected.iter().map(|(n, _)| n.clone()).collect();
     let mut want = Vec::new();
@@ -93,7 +100,7 @@ fn check(cmdline: &str, expected: &[(String, String)]) {
             String::from_utf8_lossy(&got),
             String::from_utf8_lossy(&want),
             "{shell:?} on:\n{}",
-            String::from_utf8_lossy(&show.stdout)
+            String::from_utf8_lossy(&fs::read(&env_file).unwrap())
         );
         assert!(
             !Path::new(mark).exists(),
@@ -301,17 +308,7 @@ fn sourcing_sets_only_the_data_variables_whatever_the_keys() {
         ]
         .map(String::from),
     );
-    let cache = dir.path().join("cache");
-    fs::create_dir(&cache).unwrap();
-    fs::write(cache.join("cmdline"), words.join(" ") + "\n").unwrap();
-    let show = Command::new(BIN)
-        .args(["show", "--format", "env", "--cache-dir"])
-        .arg(&cache)
-        .output()
-        .unwrap();
-    assert!(show.status.success(), "{show:?}");
-    let env_file = dir.path().join("env.sh");
-    fs::write(&env_file, &show.stdout).unwrap();
+    let env_file = rendered_env(dir.path(), &(words.join(" ") + "\n"));
     let expected = ["type", "public_network_device", "path", "Path"];
 
     // `cat` is looked up in PATH after sourcing: the planted one would run.
