@@ -204,7 +204,7 @@ const ATTR_MAX: usize = 4096;
 /// Reads the one-line sysfs attribute `dir/attr`; None when it does not
 /// exist; why not, when it is not a readable attribute (a FIFO would block,
 /// a link to /dev/zero never end).
-fn read_attr(dir: &Path, attr: &str) -> Result<Option<String>, String> {
+pub fn read_attr(dir: &Path, attr: &str) -> Result<Option<String>, String> {
     let bytes = match files::read_regular(&dir.join(attr), ATTR_MAX, false) {
         Ok(b) => b,
         Err(Refused::Missing) => return Ok(None),

@@ -170,7 +170,14 @@ struct ConsoleDevices {
 /// driver is not bound, since their device type shows only after.
 fn console_devices(sysfs_root: &Path) -> ConsoleDevices {
     let bus = sysfs_root.join("bus");
-    let read = |p: std::path::PathBuf| std::fs::read_to_string(p).unwrap_or_default();
+    // Bounded and non-blocking like every sysfs attribute (ports::read_attr);
+    // one that cannot be read counts as absent.
+    let read = |dir: &Path, attr: &str| {
+        ports::read_attr(dir, attr)
+            .ok()
+            .flatten()
+            .unwrap_or_default()
+    };
     let entries = |dir: std::path::PathBuf| -> Vec<std::path::PathBuf> {
         std::fs::read_dir(dir)
             .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
@@ -182,7 +189,7 @@ fn console_devices(sysfs_root: &Path) -> ConsoleDevices {
     };
     let mut on_virtio_bus = 0;
     for dev in entries(bus.join("virtio/devices")) {
-        if read(dev.join("device")).trim() == "0x0003" {
+        if read(&dev, "device").trim() == "0x0003" {
             on_virtio_bus += 1;
             if dev.join("driver").exists() {
                 c.bound += 1;
@@ -194,8 +201,8 @@ fn console_devices(sysfs_root: &Path) -> ConsoleDevices {
     let pci_consoles = entries(bus.join("pci/devices"))
         .iter()
         .filter(|d| {
-            read(d.join("vendor")).trim() == "0x1af4"
-                && matches!(read(d.join("device")).trim(), "0x1003" | "0x1043")
+            read(d, "vendor").trim() == "0x1af4"
+                && matches!(read(d, "device").trim(), "0x1003" | "0x1043")
         })
         .count();
     // A PCI console without its virtio device: virtio_pci not loaded yet.
