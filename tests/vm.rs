@@ -18,76 +18,58 @@ mod common;
 mod harness;
 #[path = "vm/report.rs"]
 mod report;
+#[path = "vm/scenarios.rs"]
+mod scenarios;
 
 use std::io::Write;
 use std::time::{Duration, Instant};
 
 use checks::*;
-use harness::{Arch, Channels, Config, Entry, Guest, Order, Outcome, VPORT_ID, VPORT_NAME};
+use harness::{Arch, Channels, Config, Entry, Order, Outcome, Run, VPORT_ID};
+use scenarios::Suite;
 use vport_bootargs::wire::end_line;
 
-/// How long a guest may take to boot and open its port.
-const BOOT: Duration = Duration::from_secs(150);
+const SUITE: Suite = Suite {
+    arch: Arch::X86_64,
+    boot_limit: Duration::from_secs(150),
+};
 
-/// Boots an x86_64 guest.
-fn boot(cfg: Config) -> Guest {
-    boot_arch(Arch::X86_64, cfg)
-}
-
-/// The helper opened the node that sysfs names `s-1-VM.vport`, and that
-/// node is `expected`.
-fn assert_opened_vport(o: &Outcome, expected: &str) {
-    let entry = o
-        .entry_named(VPORT_NAME)
-        .unwrap_or_else(|| fail(o, "sysfs shows no port named s-1-VM.vport"));
-    assert_eq!(entry, expected, "port order not as configured");
-    let line = format!("opened port {VPORT_NAME} (/dev/{entry})");
-    if !o.log_has(&line) {
-        fail(o, &format!("the helper did not log {line:?}"));
+/// After a reboot the helper kept the cmdline stored before it
+/// (`precache`) and wrote nothing else.
+fn assert_old_cmdline_kept(o: &Outcome, run: &Run) {
+    let kept = Entry {
+        kind: 'f',
+        mode: 0o644,
+        content: Some(b"name=old-VM template=domP\n".to_vec()),
+    };
+    if run.entries.get("cache/cmdline") != Some(&kept) || run.entries.len() != 2 {
+        fail(o, &format!("the stored cmdline changed: {:?}", run.entries));
     }
 }
 
 /// Both port orders: the port is found by name, whatever its number.
-fn port_order(order: Order, expected_entry: &str, test: &str) {
-    let guest = boot(Config {
-        scenario: "order",
-        order,
-        ..Config::default()
-    });
-    guest.wait_port(VPORT_ID, true, 1, BOOT);
-    let cmdline = cmdline(test);
-    send_and_close(&guest, message(&cmdline).as_bytes());
-    let o = guest.finish();
-    assert_stored(&o, o.only_run(), &cmdline);
-    assert_opened_vport(&o, expected_entry);
-    assert_guest_agent_untouched(&o);
-}
-
 #[test]
 #[ignore = "boots QEMU guests; run by tests/run-all.sh"]
 fn vport_is_found_by_name_when_the_guest_agent_port_comes_first() {
-    port_order(Order::GuestAgentFirst, "vport0p2", "ga-first");
+    let entry = SUITE.port_order(Order::GuestAgentFirst, "p2", "ga-first");
+    assert_eq!(entry, "vport0p2", "port order not as configured");
 }
 
 #[test]
 #[ignore = "boots QEMU guests; run by tests/run-all.sh"]
 fn vport_is_found_by_name_when_it_comes_first() {
-    port_order(Order::VportFirst, "vport0p1", "vport-first");
+    let entry = SUITE.port_order(Order::VportFirst, "p1", "vport-first");
+    assert_eq!(entry, "vport0p1", "port order not as configured");
 }
 
 /// patchviasocket.py's way: connect, write, close at once, `delay` after
 /// the helper opened the port. The helper holds the port the whole time.
 fn write_once_after(delay: Duration, test: &str) {
-    let guest = boot(Config {
+    let cfg = Config {
         scenario: "write-once",
         ..Config::default()
-    });
-    let opened = guest.wait_port(VPORT_ID, true, 1, BOOT);
-    std::thread::sleep((opened + delay).saturating_duration_since(Instant::now()));
-    let cmdline = cmdline(test);
-    send_and_close(&guest, message(&cmdline).as_bytes());
-    let o = guest.finish();
-    assert_stored(&o, o.only_run(), &cmdline);
+    };
+    let o = SUITE.write_once_after(cfg, delay, test);
     assert_opened_once(&o);
     assert_guest_agent_untouched(&o);
 }
@@ -113,36 +95,16 @@ fn host_writing_and_closing_ten_seconds_after_open_is_delivered() {
 #[test]
 #[ignore = "boots QEMU guests; run by tests/run-all.sh"]
 fn host_keeping_its_connection_open_gets_the_ack_and_the_helper_finishes() {
-    let guest = boot(Config {
-        scenario: "keep-open",
-        ..Config::default()
-    });
-    guest.wait_port(VPORT_ID, true, 1, BOOT);
-    let cmdline = cmdline("keep-open");
-    let mut s = guest.connect(VPORT_ID);
-    s.write_all(message(&cmdline).as_bytes()).unwrap();
-    let ack = read_ack(&guest, &s);
-    // The host is still connected while the guest finishes and powers off.
-    let o = guest.finish();
-    drop(s);
-    assert_eq!(ack, ack_for(&cmdline), "wrong ack");
-    assert_stored(&o, o.only_run(), &cmdline);
-    if !o.log_has("message complete") && !o.log_has("acknowledged") {
-        fail(
-            &o,
-            "no sign of the message completing while the host stayed",
-        );
-    }
+    SUITE.keep_open();
 }
 
 #[test]
 #[ignore = "boots QEMU guests; run by tests/run-all.sh"]
 fn host_disconnecting_mid_line_then_resending_is_delivered_whole() {
-    let guest = boot(Config {
+    let (guest, _) = SUITE.boot_held(Config {
         scenario: "mid-line",
         ..Config::default()
     });
-    guest.wait_port(VPORT_ID, true, 1, BOOT);
     let cmdline = cmdline("mid-line");
     let whole = message(&cmdline);
     let cut = whole.len() - 20;
@@ -150,7 +112,7 @@ fn host_disconnecting_mid_line_then_resending_is_delivered_whole() {
     // Let the guest see the disconnect before the host comes back.
     std::thread::sleep(Duration::from_millis(1500));
     send_and_close(&guest, whole.as_bytes());
-    let o = guest.finish();
+    let o = SUITE.finish(guest, "mid-line");
     assert_stored(&o, o.only_run(), &cmdline);
     let partial = cut - whole[..cut].rfind('\n').unwrap() - 1;
     let line = format!("dropped {partial} bytes");
@@ -167,19 +129,11 @@ fn host_disconnecting_mid_line_then_resending_is_delivered_whole() {
 #[test]
 #[ignore = "boots QEMU guests; run by tests/run-all.sh"]
 fn large_message_is_delivered_when_the_host_stays() {
-    let guest = boot(Config {
+    let cfg = Config {
         scenario: "large",
         ..Config::default()
-    });
-    guest.wait_port(VPORT_ID, true, 1, BOOT);
-    let cmdline = large_cmdline("large");
-    let mut s = guest.connect(VPORT_ID);
-    s.write_all(message(&cmdline).as_bytes()).unwrap();
-    let ack = read_ack(&guest, &s);
-    drop(s);
-    let o = guest.finish();
-    assert_eq!(ack, ack_for(&cmdline), "wrong ack");
-    assert_stored(&o, o.only_run(), &cmdline);
+    };
+    SUITE.ack_while_connected(cfg, &large_cmdline("large"), "large");
 }
 
 /// What patchviasocket.py does with a message larger than a page: write,
@@ -190,16 +144,15 @@ fn large_message_is_delivered_when_the_host_stays() {
 #[test]
 #[ignore = "boots QEMU guests; run by tests/run-all.sh"]
 fn large_message_cut_by_a_closing_host_is_never_stored_in_part() {
-    let guest = boot(Config {
+    let (guest, _) = SUITE.boot_held(Config {
         scenario: "large-cut",
         fetch_args: vec!["--timeout".into(), "5".into()],
         ..Config::default()
     });
-    guest.wait_port(VPORT_ID, true, 1, BOOT);
     let cmdline = large_cmdline("large-cut");
     let whole = message(&cmdline);
     send_and_close(&guest, whole.as_bytes());
-    let o = guest.finish();
+    let o = SUITE.finish(guest, "large-cut");
     let run = o.only_run();
     let what = if run.exit == 0 {
         assert_stored(&o, run, &cmdline);
@@ -233,64 +186,24 @@ fn large_message_cut_by_a_closing_host_is_never_stored_in_part() {
     );
 }
 
-/// The host never comes: the helper waits on the open port without
-/// spinning, then gives up with 69 and writes nothing. Also measures its
-/// CPU time and memory over 10 s of that wait.
 #[test]
 #[ignore = "boots QEMU guests; run by tests/run-all.sh"]
 fn silent_host_times_out_with_69_and_nothing_written() {
-    let guest = boot(Config {
-        scenario: "silent",
-        fetch_args: vec!["--timeout".into(), "13".into()],
-        sample_secs: Some(10),
-        ..Config::default()
-    });
-    let o = guest.finish();
-    let run = o.only_run();
-    assert_exit(&o, run, 69);
-    assert_nothing_written(&o, run);
-    if !o.log_has("no complete message arrived on port s-1-VM.vport") {
-        fail(&o, "the helper did not say why it gave up");
-    }
-    assert_opened_once(&o);
-    let [first, last] = o.samples.as_slice() else {
-        fail(&o, "expected two samples of the helper's /proc");
-    };
-    if !(first.vport_open && last.vport_open) {
-        fail(&o, "the helper did not hold the port while waiting");
-    }
-    // USER_HZ is 100 on x86 Linux: one tick is 10 ms.
-    let cpu_ms = (last.ticks - first.ticks) * 10;
-    report::record(
-        "20-silent",
-        &[
-            format!(
-                "helper CPU time (utime+stime) while waiting {} s for a silent host: {cpu_ms} ms \
-                 (total since exec {} ms)",
-                last.at - first.at,
-                last.ticks * 10
-            ),
-            format!(
-                "helper peak memory while waiting: VmHWM {} kB (VmRSS {} kB)",
-                last.hwm_kb, last.rss_kb
-            ),
-        ],
-    );
+    SUITE.silent_host();
 }
 
 fn refused(bytes: Vec<u8>, scenario: &'static str, why: &str) {
-    let guest = boot(Config {
+    let (guest, _) = SUITE.boot_held(Config {
         scenario,
         ..Config::default()
     });
-    guest.wait_port(VPORT_ID, true, 1, BOOT);
     let mut s = guest.connect(VPORT_ID);
     s.set_write_timeout(Some(Duration::from_secs(30))).unwrap();
     // The helper may stop reading (and close) before all of it is written.
     let _ = s.write_all(&bytes);
     // Stay connected: QEMU drops what it has not yet passed to the guest
     // when the host closes (see large_message_is_delivered_when_the_host_stays).
-    let o = guest.finish();
+    let o = SUITE.finish(guest, scenario);
     drop(s);
     let run = o.only_run();
     assert_exit(&o, run, 65);
@@ -321,26 +234,16 @@ fn invalid_utf8_is_refused_with_65_and_nothing_written() {
 #[test]
 #[ignore = "boots QEMU guests; run by tests/run-all.sh"]
 fn reboot_without_host_keeps_the_stored_cmdline() {
-    let guest = boot(Config {
+    let guest = SUITE.boot(Config {
         scenario: "reboot",
         precache: true,
         fetch_args: vec!["--grace".into(), "2".into()],
         ..Config::default()
     });
-    let o = guest.finish();
+    let o = SUITE.finish(guest, "reboot");
     let run = o.only_run();
     assert_exit(&o, run, 0);
-    let kept = Entry {
-        kind: 'f',
-        mode: 0o644,
-        content: Some(b"name=old-VM template=domP\n".to_vec()),
-    };
-    if run.entries.get("cache/cmdline") != Some(&kept) || run.entries.len() != 2 {
-        fail(
-            &o,
-            &format!("the stored cmdline changed: {:?}", run.entries),
-        );
-    }
+    assert_old_cmdline_kept(&o, run);
     if !o.log_has("keeping those in") {
         fail(&o, "the helper did not say it kept the stored cmdline");
     }
@@ -356,18 +259,13 @@ fn reboot_without_host_keeps_the_stored_cmdline() {
 #[test]
 #[ignore = "boots QEMU guests; run by tests/run-all.sh"]
 fn reboot_with_host_sending_in_the_grace_period_stores_the_fresh_cmdline() {
-    let guest = boot(Config {
+    let cfg = Config {
         scenario: "reboot-fresh",
         precache: true,
         fetch_args: vec!["--grace".into(), "5".into()],
         ..Config::default()
-    });
-    let opened = guest.wait_port(VPORT_ID, true, 1, BOOT);
-    std::thread::sleep((opened + Duration::from_secs(1)).saturating_duration_since(Instant::now()));
-    let cmdline = cmdline("reboot-fresh");
-    send_and_close(&guest, message(&cmdline).as_bytes());
-    let o = guest.finish();
-    assert_stored(&o, o.only_run(), &cmdline);
+    };
+    SUITE.write_once_after(cfg, Duration::from_secs(1), "reboot-fresh");
 }
 
 /// The port is unplugged (QMP device_del) while the helper waits on it:
@@ -375,15 +273,14 @@ fn reboot_with_host_sending_in_the_grace_period_stores_the_fresh_cmdline() {
 #[test]
 #[ignore = "boots QEMU guests; run by tests/run-all.sh"]
 fn port_unplugged_while_waiting_ends_fetch_with_69() {
-    let guest = boot(Config {
+    let (guest, _) = SUITE.boot_held(Config {
         scenario: "unplug",
         fetch_args: vec!["--timeout".into(), "60".into()],
         ..Config::default()
     });
-    guest.wait_port(VPORT_ID, true, 1, BOOT);
     std::thread::sleep(Duration::from_millis(500));
     guest.qmp(r#"{"execute":"device_del","arguments":{"id":"vport"}}"#);
-    let o = guest.finish();
+    let o = SUITE.finish(guest, "unplug");
     let run = o.only_run();
     assert_exit(&o, run, 69);
     assert_nothing_written(&o, run);
@@ -397,13 +294,13 @@ fn port_unplugged_while_waiting_ends_fetch_with_69() {
 #[test]
 #[ignore = "boots QEMU guests; run by tests/run-all.sh"]
 fn port_held_by_another_process_exits_75() {
-    let guest = boot(Config {
+    let guest = SUITE.boot(Config {
         scenario: "busy",
         hold_vport: true,
         fetch_args: vec!["--timeout".into(), "30".into()],
         ..Config::default()
     });
-    let o = guest.finish();
+    let o = SUITE.finish(guest, "busy");
     let run = o.only_run();
     assert_exit(&o, run, 75);
     assert_nothing_written(&o, run);
@@ -418,27 +315,18 @@ fn port_held_by_another_process_exits_75() {
 #[test]
 #[ignore = "boots QEMU guests; run by tests/run-all.sh"]
 fn guest_agent_port_is_left_free_for_its_own_use() {
-    let guest = boot(Config {
-        scenario: "guest-agent",
-        read_guest_agent: true,
-        ..Config::default()
-    });
-    guest_agent_port_is_left_free(guest, BOOT, Guest::finish);
+    SUITE.guest_agent_port_is_left_free();
 }
 
 #[test]
 #[ignore = "boots QEMU guests; run by tests/run-all.sh"]
 fn port_appearing_after_the_helper_started_is_found() {
-    let guest = boot(Config {
+    let cfg = Config {
         scenario: "late-module",
         modules_late: true,
         ..Config::default()
-    });
-    guest.wait_port(VPORT_ID, true, 1, BOOT);
-    let cmdline = cmdline("late-module");
-    send_and_close(&guest, message(&cmdline).as_bytes());
-    let o = guest.finish();
-    assert_stored(&o, o.only_run(), &cmdline);
+    };
+    let o = SUITE.write_once_after(cfg, Duration::ZERO, "late-module");
     assert_guest_agent_untouched(&o);
 }
 
@@ -449,36 +337,8 @@ fn port_appearing_after_the_helper_started_is_found() {
 #[ignore = "boots QEMU guests; run by tests/run-all.sh"]
 fn host_reads_ack_with_sha256_of_the_cmdline_every_time() {
     const RUNS: usize = 12;
-    let guest = boot(Config {
-        scenario: "ack",
-        runs: RUNS as u32,
-        // Debug lines count the reads of 0 that come right after data.
-        fetch_args: vec!["-v".into(), "--timeout".into(), "90".into()],
-        ..Config::default()
-    });
-    let mut rtt_ms = Vec::new();
-    let mut sent = Vec::new();
-    for i in 1..=RUNS {
-        guest.wait_port(VPORT_ID, true, i, BOOT);
-        let cmdline = cmdline(&format!("ack-{i}"));
-        let mut s = guest.connect(VPORT_ID);
-        let t = Instant::now();
-        s.write_all(message(&cmdline).as_bytes()).unwrap();
-        let ack = read_ack(&guest, &s);
-        rtt_ms.push(t.elapsed().as_secs_f64() * 1000.0);
-        if ack != ack_for(&cmdline) {
-            guest.fail(&format!(
-                "run {i}: ack {ack:?}, expected {:?}",
-                ack_for(&cmdline)
-            ));
-        }
-        sent.push(cmdline);
-    }
-    let o = guest.finish();
-    assert_eq!(o.runs.len(), RUNS);
-    for (run, cmdline) in o.runs.iter().zip(&sent) {
-        assert_stored(&o, run, cmdline);
-    }
+    // Debug lines count the reads of 0 that come right after data.
+    let (o, rtt_ms) = SUITE.ack_every_time(RUNS, &["-v", "--timeout", "90"]);
     // The host stayed connected until the ack: every read of 0 here is the
     // driver's late "host connected", the reason an unfinished line is kept.
     let count = |needle: &str| o.helper_log().iter().filter(|l| l.contains(needle)).count();
@@ -501,18 +361,7 @@ fn host_reads_ack_with_sha256_of_the_cmdline_every_time() {
 #[test]
 #[ignore = "boots QEMU guests; run by tests/run-all.sh"]
 fn send_without_wait_ack_delivers_to_a_held_port() {
-    let dir = tempfile::tempdir().unwrap();
-    let key = key_file(&dir);
-    let guest = boot(Config {
-        scenario: "send-once",
-        ..Config::default()
-    });
-    guest.wait_port(VPORT_ID, true, 1, BOOT);
-    let cmdline = cmdline("send-once");
-    let out = run_send(&guest, &cmdline, &key, &[]);
-    let o = guest.finish();
-    assert_sent(&o, &out);
-    assert_stored(&o, o.only_run(), &cmdline);
+    SUITE.send_to_held_port("send-once", &cmdline("send-once"), &[]);
 }
 
 /// `send --wait-ack` stays connected until the ack, so a message of
@@ -521,18 +370,8 @@ fn send_without_wait_ack_delivers_to_a_held_port() {
 #[test]
 #[ignore = "boots QEMU guests; run by tests/run-all.sh"]
 fn send_wait_ack_delivers_a_message_of_several_pages() {
-    let dir = tempfile::tempdir().unwrap();
-    let key = key_file(&dir);
-    let guest = boot(Config {
-        scenario: "send-large",
-        ..Config::default()
-    });
-    guest.wait_port(VPORT_ID, true, 1, BOOT);
     let cmdline = large_cmdline("send-large");
-    let out = run_send(&guest, &cmdline, &key, &["--wait-ack", "60"]);
-    let o = guest.finish();
-    assert_sent(&o, &out);
-    assert_stored(&o, o.only_run(), &cmdline);
+    SUITE.send_to_held_port("send-large", &cmdline, &["--wait-ack", "60"]);
 }
 
 /// The host side against a real guest: `vport-bootargs send
@@ -553,7 +392,7 @@ fn send_wait_ack_delivers_whenever_it_starts() {
     for i in 0..RUNS {
         let delay =
             Duration::from_secs_f64(10.0 * (f64::from(i) + rng.uniform()) / f64::from(RUNS));
-        let guest = boot(Config {
+        let guest = SUITE.boot(Config {
             scenario: "send",
             // Debug lines say how the helper saw the message end.
             fetch_args: vec!["-v".into(), "--timeout".into(), "90".into()],
@@ -566,7 +405,7 @@ fn send_wait_ack_delivers_whenever_it_starts() {
         // its port late, and a send that gives up first loses the message.
         let out = run_send(&guest, &cmdline, &key, &["--wait-ack", "150"]);
         let acked_at = Instant::now();
-        let o = guest.finish();
+        let o = SUITE.finish(guest, "send");
         let stderr = String::from_utf8_lossy(&out.stderr);
         if !out.status.success() {
             fail(
@@ -628,7 +467,7 @@ fn port_changes(o: &Outcome) -> Vec<(f64, String)> {
 /// reboot): fetch exits 0 soon after the ports are named, says the host
 /// provides no channel, writes nothing and keeps the stored file.
 fn no_vport_channel(channels: Channels, scenario: &'static str, label: &str) {
-    let guest = boot(Config {
+    let guest = SUITE.boot(Config {
         scenario,
         channels,
         modules_late: true,
@@ -636,20 +475,13 @@ fn no_vport_channel(channels: Channels, scenario: &'static str, label: &str) {
         fetch_args: vec!["-v".into()],
         ..Config::default()
     });
-    let o = guest.finish();
+    let o = SUITE.finish(guest, scenario);
     let run = o.only_run();
     assert_exit(&o, run, 0);
     if !o.log_has("the host provides no channel matching pattern *.vport") {
         fail(&o, "the helper did not say the host provides no channel");
     }
-    let kept = Entry {
-        kind: 'f',
-        mode: 0o644,
-        content: Some(b"name=old-VM template=domP\n".to_vec()),
-    };
-    if run.entries.get("cache/cmdline") != Some(&kept) || run.entries.len() != 2 {
-        fail(&o, &format!("files changed: {:?}", run.entries));
-    }
+    assert_old_cmdline_kept(&o, run);
     assert_guest_agent_untouched(&o);
     let changes = port_changes(&o);
     let (first, last) = match (changes.first(), changes.last()) {
@@ -693,12 +525,12 @@ fn many_ports_none_matching_exits_0_quickly_writing_nothing() {
 #[test]
 #[ignore = "boots QEMU guests; run by tests/run-all.sh"]
 fn no_virtio_console_device_exits_0_quickly_writing_nothing() {
-    let guest = boot(Config {
+    let guest = SUITE.boot(Config {
         scenario: "no-device",
         channels: Channels::NoDevice,
         ..Config::default()
     });
-    let o = guest.finish();
+    let o = SUITE.finish(guest, "no-device");
     let run = o.only_run();
     assert_exit(&o, run, 0);
     assert_nothing_written(&o, run);
@@ -722,12 +554,11 @@ fn no_virtio_console_device_exits_0_quickly_writing_nothing() {
 /// ones): the guest may or may not see the disconnect in between; either
 /// way the resent message is stored, never the join.
 fn cut_then_quick_resend(frame: bool, test: &str) {
-    let guest = boot(Config {
+    let (guest, _) = SUITE.boot_held(Config {
         scenario: "quick-resend",
         fetch_args: vec!["-v".into(), "--timeout".into(), "60".into()],
         ..Config::default()
     });
-    guest.wait_port(VPORT_ID, true, 1, BOOT);
     let cmdline = cmdline(test);
     let whole = if frame {
         framed(&message(&cmdline))
@@ -738,7 +569,7 @@ fn cut_then_quick_resend(frame: bool, test: &str) {
     send_and_close(&guest, &whole.as_bytes()[..cut]);
     std::thread::sleep(Duration::from_millis(3));
     send_and_close(&guest, whole.as_bytes());
-    let o = guest.finish();
+    let o = SUITE.finish(guest, "quick-resend");
     assert_stored(&o, o.only_run(), &cmdline);
     let seen = if o.log_has("ran into the host's resend") {
         "the cut line and the resend came as one line; the resent line was kept"
@@ -775,7 +606,7 @@ fn send_wait_ack_to_a_held_port_is_acked_at_the_end_line() {
     const RUNS: usize = 12;
     let dir = tempfile::tempdir().unwrap();
     let key = key_file(&dir);
-    let guest = boot(Config {
+    let guest = SUITE.boot(Config {
         scenario: "framed-ack",
         runs: RUNS as u32,
         fetch_args: vec!["-v".into(), "--timeout".into(), "90".into()],
@@ -784,7 +615,7 @@ fn send_wait_ack_to_a_held_port_is_acked_at_the_end_line() {
     let mut ms = Vec::new();
     let mut sent = Vec::new();
     for i in 1..=RUNS {
-        guest.wait_port(VPORT_ID, true, i, BOOT);
+        guest.wait_port(VPORT_ID, true, i, SUITE.boot_limit);
         // QMP's event can come before the helper's epoll is armed; that
         // makes no difference to a host that stays connected.
         let cmdline = cmdline(&format!("framed-ack-{i}"));
@@ -799,7 +630,7 @@ fn send_wait_ack_to_a_held_port_is_acked_at_the_end_line() {
         }
         sent.push(cmdline);
     }
-    let o = guest.finish();
+    let o = SUITE.finish(guest, "framed-ack");
     assert_eq!(o.runs.len(), RUNS);
     for (run, cmdline) in o.runs.iter().zip(&sent) {
         assert_stored(&o, run, cmdline);
@@ -840,21 +671,11 @@ fn send_wait_ack_to_a_held_port_is_acked_at_the_end_line() {
 #[test]
 #[ignore = "boots QEMU guests; run by tests/run-all.sh"]
 fn send_without_wait_ack_delivers_several_pages_to_a_held_port() {
-    let dir = tempfile::tempdir().unwrap();
-    let key = key_file(&dir);
-    let guest = boot(Config {
-        scenario: "send-once-large",
-        ..Config::default()
-    });
-    guest.wait_port(VPORT_ID, true, 1, BOOT);
     let cmdline = large_cmdline("send-once-large");
-    let out = run_send(&guest, &cmdline, &key, &[]);
-    let o = guest.finish();
-    assert_sent(&o, &out);
+    let (o, out) = SUITE.send_to_held_port("send-once-large", &cmdline, &[]);
     if !String::from_utf8_lossy(&out.stderr).contains("QEMU took them all") {
         fail(&o, "send did not say QEMU took the bytes");
     }
-    assert_stored(&o, o.only_run(), &cmdline);
 }
 
 /// `send` without --wait-ack before the guest holds its port: QEMU does
@@ -864,14 +685,14 @@ fn send_without_wait_ack_delivers_several_pages_to_a_held_port() {
 fn send_without_wait_ack_before_the_port_is_held_exits_75() {
     let dir = tempfile::tempdir().unwrap();
     let key = key_file(&dir);
-    let guest = boot(Config {
+    let guest = SUITE.boot(Config {
         scenario: "send-once-early",
         fetch_args: vec!["--timeout".into(), "5".into()],
         ..Config::default()
     });
     let out = run_send(&guest, &cmdline("early"), &key, &["--wait-taken", "0.5"]);
     let sent_at = Instant::now();
-    let o = guest.finish();
+    let o = SUITE.finish(guest, "send-once-early");
     let opened = o.port_events(VPORT_ID).first().map(|e| e.0);
     let ended = (sent_at - o.started).as_secs_f64();
     if opened.is_some_and(|t| t < ended) {
@@ -895,29 +716,18 @@ fn send_without_wait_ack_before_the_port_is_held_exits_75() {
 #[test]
 #[ignore = "boots QEMU guests; run by tests/run-all.sh"]
 fn reboot_with_stray_bytes_in_the_grace_period_keeps_the_stored_cmdline() {
-    let guest = boot(Config {
+    let (guest, _) = SUITE.boot_held(Config {
         scenario: "reboot-stray",
         precache: true,
         fetch_args: vec!["--grace".into(), "3".into()],
         ..Config::default()
     });
-    guest.wait_port(VPORT_ID, true, 1, BOOT);
     send_and_close(&guest, b"hello:this is not for you\n");
     send_and_close(&guest, message(&large_cmdline("stray")).as_bytes());
-    let o = guest.finish();
+    let o = SUITE.finish(guest, "reboot-stray");
     let run = o.only_run();
     assert_exit(&o, run, 0);
-    let kept = Entry {
-        kind: 'f',
-        mode: 0o644,
-        content: Some(b"name=old-VM template=domP\n".to_vec()),
-    };
-    if run.entries.get("cache/cmdline") != Some(&kept) || run.entries.len() != 2 {
-        fail(
-            &o,
-            &format!("the stored cmdline changed: {:?}", run.entries),
-        );
-    }
+    assert_old_cmdline_kept(&o, run);
     if !o.log_has("keeping those in") || !o.log_has("stray bytes") {
         fail(
             &o,

@@ -7,11 +7,9 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::OnceLock;
 use std::time::Duration;
 
-use crate::harness::{self, Arch, Config, Entry, Guest, Outcome, Run, GA_ID, GA_NAME, VPORT_ID};
-use crate::report;
+use crate::harness::{Entry, Guest, Outcome, Run, GA_ID, VPORT_ID};
 use vport_bootargs::wire::digest_hex as sha256_hex;
 
 pub const PUBKEY: &str =
@@ -182,75 +180,4 @@ pub fn key_file(dir: &tempfile::TempDir) -> PathBuf {
     let path = dir.path().join("id_rsa.pub.cloud");
     std::fs::write(&path, format!("{PUBKEY}\n")).unwrap();
     path
-}
-
-/// Boots a guest of `arch`; the first one also records the machine in the
-/// report.
-pub fn boot_arch(arch: Arch, cfg: Config) -> Guest {
-    static MACHINE: OnceLock<()> = OnceLock::new();
-    let guest = Guest::start(&Config { arch, ..cfg });
-    MACHINE.get_or_init(|| {
-        let art = harness::artifacts(arch);
-        report::record(
-            "01-machine",
-            &report::machine(
-                guest.arch.qemu(),
-                guest.accel.name(),
-                &art.rust_target,
-                art.binary_size,
-                &art.kernel_package,
-            ),
-        );
-    });
-    guest
-}
-
-/// The guest agent's host side is connected all along, as libvirt's is;
-/// the helper never opens its port, and a guest process that opens it
-/// after fetch ended gets what the host wrote. `boot_limit` is how long the
-/// guest may take to open its port; `finish` waits for it to power off.
-pub fn guest_agent_port_is_left_free(
-    guest: Guest,
-    boot_limit: Duration,
-    finish: impl FnOnce(Guest) -> Outcome,
-) {
-    let mut ga = guest.connect(GA_ID);
-    guest.wait_port(VPORT_ID, true, 1, boot_limit);
-    let cmdline = cmdline("guest-agent");
-    send_and_close(&guest, message(&cmdline).as_bytes());
-    guest.wait_port(GA_ID, true, 1, Duration::from_secs(120));
-    ga.write_all(b"ga-ping\n").unwrap();
-    let o = finish(guest);
-    drop(ga);
-    assert_stored(&o, o.only_run(), &cmdline);
-    let read = o
-        .guest_agent
-        .clone()
-        .unwrap_or_else(|| fail(&o, "the guest did not read the guest agent's port"));
-    let expected_node = format!("/dev/{}", o.entry_named(GA_NAME).unwrap());
-    assert_eq!(read.node, expected_node);
-    if read.rc != 0 || !read.err.is_empty() {
-        fail(
-            &o,
-            &format!("opening {} failed: rc {} {}", read.node, read.rc, read.err),
-        );
-    }
-    assert_eq!(read.data, b"ga-ping\n", "bytes from the host's GA socket");
-    // The only opener of the guest agent's port was that guest process,
-    // after fetch had ended (the guest prints VBRUN when it has).
-    let fetch_ended = o
-        .console_time("VBRUN")
-        .unwrap_or_else(|| fail(&o, "no VBRUN line"));
-    let ga_opens: Vec<f64> = o
-        .port_events(GA_ID)
-        .iter()
-        .filter(|e| e.1)
-        .map(|e| e.0)
-        .collect();
-    if ga_opens.len() != 1 || ga_opens[0] < fetch_ended {
-        fail(
-            &o,
-            &format!("the guest agent's port was opened at {ga_opens:?} s, fetch ended at {fetch_ended:.2} s"),
-        );
-    }
 }
