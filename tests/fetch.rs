@@ -14,11 +14,28 @@ mod common;
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::process::Output;
 
 use common::*;
 
+/// CloudStack's message: the test key and CMDLINE.
 fn whole_message() -> String {
     message(CMDLINE, Some(KEY))
+}
+
+/// fetch exited 0 and stored CMDLINE.
+fn assert_stored(t: &Tree, out: &Output) {
+    assert_eq!(code(out), 0, "{}", stderr(out));
+    assert_eq!(t.stored_cmdline().unwrap(), format!("{CMDLINE}\n"));
+}
+
+/// The host writes the whole message to `node` and leaves; `f` must exit 0 having stored it.
+fn host_delivers(mut f: Running, t: &Tree, node: &Path) -> Output {
+    f.host_write(node, whole_message().as_bytes());
+    let out = f.finish();
+    assert_stored(t, &out);
+    out
 }
 
 // ---------------------------------------------------------------------------
@@ -33,10 +50,7 @@ fn late_writer_is_delivered_with_exact_files_and_modes() {
     // Late: fetch holds the port open and sleeps on it before the host comes.
     f.wait_for_line("opened port");
     f.wait_until_asleep();
-    f.host_write(&node, whole_message().as_bytes());
-    let out = f.finish();
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
-    assert_eq!(t.stored_cmdline().unwrap(), format!("{CMDLINE}\n"));
+    let out = host_delivers(f, &t, &node);
     let key = format!("{KEY}\n");
     assert_eq!(read(&t.cache().join("authorized_keys")).unwrap(), key);
     assert_eq!(read(&t.ssh().join("authorized_keys")).unwrap(), key);
@@ -61,8 +75,7 @@ fn writer_that_stays_connected_is_done_after_settle() {
     host.write_all(whole_message().as_bytes()).unwrap();
     let out = f.finish();
     drop(host);
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
-    assert_eq!(t.stored_cmdline().unwrap(), format!("{CMDLINE}\n"));
+    assert_stored(&t, &out);
 }
 
 #[test]
@@ -76,8 +89,7 @@ fn message_split_into_single_bytes_is_delivered() {
         }
     }
     let out = f.finish();
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
-    assert_eq!(t.stored_cmdline().unwrap(), format!("{CMDLINE}\n"));
+    assert_stored(&t, &out);
 }
 
 #[test]
@@ -143,11 +155,8 @@ fn host_never_connects_on_reboot_keeps_the_stored_files() {
 fn reboot_takes_fresh_data_within_grace() {
     let t = Tree::with_port();
     write_file(&t.cache().join("cmdline"), "type=old\n");
-    let mut f = Running::spawn(&mut t.fetch(&[("--grace", "5")]));
-    f.host_write(&t.node("vport0p1"), whole_message().as_bytes());
-    let out = f.finish();
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
-    assert_eq!(t.stored_cmdline().unwrap(), format!("{CMDLINE}\n"));
+    let f = Running::spawn(&mut t.fetch(&[("--grace", "5")]));
+    host_delivers(f, &t, &t.node("vport0p1"));
 }
 
 #[test]
@@ -182,10 +191,7 @@ fn port_that_appears_late_is_found_and_read() {
         "s-1-VM.vport\n",
     )
     .unwrap();
-    f.host_write(&t.node("vport0p1"), whole_message().as_bytes());
-    let out = f.finish();
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
-    assert_eq!(t.stored_cmdline().unwrap(), format!("{CMDLINE}\n"));
+    host_delivers(f, &t, &t.node("vport0p1"));
 }
 
 #[test]

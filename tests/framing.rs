@@ -9,26 +9,25 @@
 
 mod common;
 
-use std::fs;
+use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::thread;
 use std::time::Duration;
 
-use common::{Running, Tree, CMDLINE, KEY, PORT};
-use vport_bootargs::wire::end_line;
+use common::{with_end_line, Running, Tree, CMDLINE, KEY, PORT};
 
 const OLD: &str = "type=old name=s-1-VM\n";
 
+/// CloudStack's lines for `cmdline` with the test key, no end line.
 fn body(cmdline: &str) -> String {
     common::message(cmdline, Some(KEY))
 }
 
 /// What `vport-bootargs send` writes: the lines and the end line.
 fn framed(cmdline: &str) -> Vec<u8> {
-    let body = body(cmdline);
-    format!("{body}{}", end_line(body.as_bytes())).into_bytes()
+    with_end_line(&body(cmdline))
 }
 
 /// A stored cmdline (only), as after an earlier boot.
@@ -49,9 +48,33 @@ fn spawn(t: &Tree, extra: &[(&str, &str)]) -> Running {
     Running::spawn(t.fetch(&opts).arg("-v"))
 }
 
+/// Waits for the run to exit; its exit code and log.
 fn finish(run: Running) -> (i32, String) {
     let out = run.finish();
     (common::code(&out), common::stderr(&out))
+}
+
+/// Runs `run` with a host on `node` that writes with `host` and stays until the run exits.
+fn with_host(mut run: Running, node: &Path, host: impl FnOnce(&mut File) + Send) -> (i32, String) {
+    let mut conn = run.connect(node);
+    let conn = &mut conn;
+    // The writes go on in a thread while the run is waited for; the
+    // connection is dropped only after both.
+    thread::scope(|s| {
+        let writer = s.spawn(move || host(conn));
+        let (code, err) = finish(run);
+        // A write fails (EPIPE) only once the run is gone: its log says why.
+        if writer.join().is_err() {
+            panic!("the host's writes failed; the log:\n{err}");
+        }
+        (code, err)
+    })
+}
+
+/// The run exited 0 and stored CMDLINE.
+fn assert_stored(t: &Tree, code: i32, err: &str) {
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(t.stored_cmdline().unwrap(), format!("{CMDLINE}\n"));
 }
 
 /// Where `needle` first occurs in `hay`.
@@ -68,54 +91,42 @@ fn sleep_ms(ms: u64) {
 
 #[test]
 fn framed_message_is_complete_at_its_end_line_while_the_host_stays() {
-    let t = Tree::new();
-    let node = t.add_port("vport0p1", Some(PORT));
+    let t = Tree::with_port();
     // --settle 60: only the end line can end this before the test's patience.
-    let mut run = spawn(&t, &[]);
-    let mut host = run.connect(&node);
-    host.write_all(&framed(CMDLINE)).unwrap();
-    let (code, err) = finish(run);
-    drop(host);
-    assert_eq!(code, 0, "{err}");
-    assert_eq!(t.stored_cmdline().unwrap(), format!("{CMDLINE}\n"));
+    let (code, err) = with_host(spawn(&t, &[]), &t.node("vport0p1"), |host| {
+        host.write_all(&framed(CMDLINE)).unwrap()
+    });
+    assert_stored(&t, code, &err);
     assert!(err.contains("the end line matches"), "{err}");
     assert!(!err.contains("nothing more from the host"), "{err}");
 }
 
 #[test]
 fn bytes_after_the_end_line_are_not_part_of_the_message() {
-    let t = Tree::new();
-    let node = t.add_port("vport0p1", Some(PORT));
-    let mut run = spawn(&t, &[]);
+    let t = Tree::with_port();
     let mut bytes = framed(CMDLINE);
     bytes.extend_from_slice(b"cmdline:type=later\n");
-    let mut host = run.connect(&node);
-    host.write_all(&bytes).unwrap();
-    let (code, err) = finish(run);
-    drop(host);
-    assert_eq!(code, 0, "{err}");
-    assert_eq!(t.stored_cmdline().unwrap(), format!("{CMDLINE}\n"));
+    let (code, err) = with_host(spawn(&t, &[]), &t.node("vport0p1"), |host| {
+        host.write_all(&bytes).unwrap()
+    });
+    assert_stored(&t, code, &err);
     assert!(err.contains("ignored 19 bytes after the end line"), "{err}");
 }
 
 #[test]
 fn end_line_that_does_not_match_is_discarded_and_the_next_copy_stored() {
-    let t = Tree::new();
-    let node = t.add_port("vport0p1", Some(PORT));
-    let mut run = spawn(&t, &[]);
+    let t = Tree::with_port();
     let good = framed(CMDLINE);
     let mut bad = good.clone();
     // Corrupt one byte of the cmdline: a different, well-formed line.
     let i = at(&bad, b"s-1-VM") + 2;
     bad[i] = b'2';
-    let mut host = run.connect(&node);
-    host.write_all(&bad).unwrap();
-    sleep_ms(300);
-    host.write_all(&good).unwrap();
-    let (code, err) = finish(run);
-    drop(host);
-    assert_eq!(code, 0, "{err}");
-    assert_eq!(t.stored_cmdline().unwrap(), format!("{CMDLINE}\n"));
+    let (code, err) = with_host(spawn(&t, &[]), &t.node("vport0p1"), |host| {
+        host.write_all(&bad).unwrap();
+        sleep_ms(300);
+        host.write_all(&good).unwrap();
+    });
+    assert_stored(&t, code, &err);
     let discarded: Vec<&str> = err.lines().filter(|l| l.contains("discarded")).collect();
     assert_eq!(discarded.len(), 1, "{err}");
     assert!(discarded[0].contains("a cut or a corruption"), "{err}");
@@ -123,33 +134,25 @@ fn end_line_that_does_not_match_is_discarded_and_the_next_copy_stored() {
 
 #[test]
 fn corrupted_copy_that_is_not_utf8_is_discarded_not_refused() {
-    let t = Tree::new();
-    let node = t.add_port("vport0p1", Some(PORT));
-    let mut run = spawn(&t, &[]);
+    let t = Tree::with_port();
     let good = framed(CMDLINE);
     let mut bad = good.clone();
     let i = at(&bad, b"secstorage");
     bad[i] = 0xff;
-    let mut host = run.connect(&node);
-    host.write_all(&bad).unwrap();
-    host.write_all(&good).unwrap();
-    let (code, err) = finish(run);
-    drop(host);
-    assert_eq!(code, 0, "{err}");
-    assert_eq!(t.stored_cmdline().unwrap(), format!("{CMDLINE}\n"));
+    let (code, err) = with_host(spawn(&t, &[]), &t.node("vport0p1"), |host| {
+        host.write_all(&bad).unwrap();
+        host.write_all(&good).unwrap();
+    });
+    assert_stored(&t, code, &err);
 }
 
 #[test]
 fn framed_message_without_a_cmdline_is_refused_with_65() {
-    let t = Tree::new();
-    let node = t.add_port("vport0p1", Some(PORT));
-    let mut run = spawn(&t, &[]);
-    let body = format!("pubkey:{KEY}\n");
-    let mut host = run.connect(&node);
-    host.write_all(format!("{body}{}", end_line(body.as_bytes())).as_bytes())
-        .unwrap();
-    let (code, err) = finish(run);
-    drop(host);
+    let t = Tree::with_port();
+    let bytes = with_end_line(&format!("pubkey:{KEY}\n"));
+    let (code, err) = with_host(spawn(&t, &[]), &t.node("vport0p1"), |host| {
+        host.write_all(&bytes).unwrap()
+    });
     assert_eq!(code, 65, "{err}");
     assert!(err.contains("holds no cmdline line"), "{err}");
     assert!(!t.root().join("var").exists(), "nothing written");
@@ -195,17 +198,15 @@ fn cloud_early_config_loop_ignores_the_end_line() {
 fn cut_line_joined_to_its_resend_stores_the_resend_never_the_join() {
     // The host is cut off mid-line and sends again before the guest sees a
     // disconnect: one writer, so the FIFO shows none.
-    let t = Tree::new();
-    let node = t.add_port("vport0p1", Some(PORT));
-    let mut run = spawn(&t, &[("--settle", "0.3")]);
-    let mut host = run.connect(&node);
-    host.write_all(b"cmdline:type=secstorage eth0ip=169.2")
-        .unwrap();
-    sleep_ms(200);
-    host.write_all(b"cmdline:type=secstorage eth0ip=169.254.3.4\n")
-        .unwrap();
-    let (code, err) = finish(run);
-    drop(host);
+    let t = Tree::with_port();
+    let run = spawn(&t, &[("--settle", "0.3")]);
+    let (code, err) = with_host(run, &t.node("vport0p1"), |host| {
+        host.write_all(b"cmdline:type=secstorage eth0ip=169.2")
+            .unwrap();
+        sleep_ms(200);
+        host.write_all(b"cmdline:type=secstorage eth0ip=169.254.3.4\n")
+            .unwrap();
+    });
     assert_eq!(code, 0, "{err}");
     assert_eq!(
         t.stored_cmdline().unwrap(),
@@ -219,8 +220,8 @@ fn cut_line_joined_to_its_resend_stores_the_resend_never_the_join() {
 
 #[test]
 fn partial_line_then_disconnect_then_resend_stores_the_resend() {
-    let t = Tree::new();
-    let node = t.add_port("vport0p1", Some(PORT));
+    let t = Tree::with_port();
+    let node = t.node("vport0p1");
     let mut run = spawn(&t, &[("--settle", "0.3")]);
     run.host_write(&node, b"cmdline:a=1 gen=cut");
     sleep_ms(300);
@@ -237,8 +238,8 @@ fn partial_line_then_disconnect_then_resend_stores_the_resend() {
 
 #[test]
 fn framed_resend_after_a_cut_copy_is_found_by_its_length() {
-    let t = Tree::new();
-    let node = t.add_port("vport0p1", Some(PORT));
+    let t = Tree::with_port();
+    let node = t.node("vport0p1");
     let mut run = spawn(&t, &[]);
     let whole = framed(CMDLINE);
     // Cut inside the end line itself: no prefix to rejoin on, only the
@@ -247,8 +248,7 @@ fn framed_resend_after_a_cut_copy_is_found_by_its_length() {
     run.host_write(&node, &whole[..cut]);
     run.host_write(&node, &whole);
     let (code, err) = finish(run);
-    assert_eq!(code, 0, "{err}");
-    assert_eq!(t.stored_cmdline().unwrap(), format!("{CMDLINE}\n"));
+    assert_stored(&t, code, &err);
     assert!(err.contains("the end line matches"), "{err}");
 }
 
@@ -259,15 +259,12 @@ fn framed_resend_after_a_cut_copy_is_found_by_its_length() {
 fn whole_cmdline_at_the_deadline_is_stored() {
     // The settle (60 s) outlasts the timeout (2 s): the deadline comes with
     // a whole cmdline and the host still connected.
-    let t = Tree::new();
-    let node = t.add_port("vport0p1", Some(PORT));
-    let mut run = spawn(&t, &[("--timeout", "2")]);
-    let mut host = run.connect(&node);
-    host.write_all(body(CMDLINE).as_bytes()).unwrap();
-    let (code, err) = finish(run);
-    drop(host);
-    assert_eq!(code, 0, "{err}");
-    assert_eq!(t.stored_cmdline().unwrap(), format!("{CMDLINE}\n"));
+    let t = Tree::with_port();
+    let run = spawn(&t, &[("--timeout", "2")]);
+    let (code, err) = with_host(run, &t.node("vport0p1"), |host| {
+        host.write_all(body(CMDLINE).as_bytes()).unwrap()
+    });
+    assert_stored(&t, code, &err);
     assert!(
         err.contains("the deadline came with a whole cmdline"),
         "{err}"
@@ -278,12 +275,10 @@ fn whole_cmdline_at_the_deadline_is_stored() {
 fn ignored_lines_do_not_extend_the_settle() {
     // A cmdline, then an unknown line every 100 ms for longer than the
     // timeout: the settle (0.5 s) ends the message, not the deadline.
-    let t = Tree::new();
-    let node = t.add_port("vport0p1", Some(PORT));
-    let mut run = spawn(&t, &[("--settle", "0.5"), ("--timeout", "8")]);
-    let mut host = run.connect(&node);
-    host.write_all(body(CMDLINE).as_bytes()).unwrap();
-    let chatter = thread::spawn(move || {
+    let t = Tree::with_port();
+    let run = spawn(&t, &[("--settle", "0.5"), ("--timeout", "8")]);
+    let (code, err) = with_host(run, &t.node("vport0p1"), |host| {
+        host.write_all(body(CMDLINE).as_bytes()).unwrap();
         for _ in 0..100 {
             if host.write_all(b"hello:still here\n").is_err() {
                 break;
@@ -291,10 +286,7 @@ fn ignored_lines_do_not_extend_the_settle() {
             sleep_ms(100);
         }
     });
-    let (code, err) = finish(run);
-    chatter.join().unwrap();
-    assert_eq!(code, 0, "{err}");
-    assert_eq!(t.stored_cmdline().unwrap(), format!("{CMDLINE}\n"));
+    assert_stored(&t, code, &err);
     assert!(err.contains("nothing more from the host"), "{err}");
     assert!(!err.contains("the deadline came"), "{err}");
 }
@@ -329,18 +321,15 @@ fn reboot_with_a_message_still_arriving_at_the_end_of_grace_stores_it() {
     let t = Tree::new();
     store_old(&t);
     let node = t.add_port("vport0p1", Some(PORT));
-    let mut run = spawn(&t, &[("--grace", "1")]);
     let bytes = framed(CMDLINE);
-    let mut host = run.connect(&node);
-    // 10 pieces 300 ms apart: the grace period ends half-way.
-    for piece in bytes.chunks(bytes.len().div_ceil(10)) {
-        host.write_all(piece).unwrap();
-        sleep_ms(300);
-    }
-    let (code, err) = finish(run);
-    drop(host);
-    assert_eq!(code, 0, "{err}");
-    assert_eq!(t.stored_cmdline().unwrap(), format!("{CMDLINE}\n"));
+    let (code, err) = with_host(spawn(&t, &[("--grace", "1")]), &node, |host| {
+        // 10 pieces 300 ms apart: the grace period ends half-way.
+        for piece in bytes.chunks(bytes.len().div_ceil(10)) {
+            host.write_all(piece).unwrap();
+            sleep_ms(300);
+        }
+    });
+    assert_stored(&t, code, &err);
 }
 
 // ---------------------------------------------------------------------------
@@ -391,8 +380,7 @@ fn console_device_without_its_driver_yet_is_waited_for() {
     let node = t.add_port("vport1p2", Some(PORT));
     run.host_write(&node, &framed(CMDLINE));
     let (code, err) = finish(run);
-    assert_eq!(code, 0, "{err}");
-    assert_eq!(t.stored_cmdline().unwrap(), format!("{CMDLINE}\n"));
+    assert_stored(&t, code, &err);
 }
 
 #[test]
@@ -427,8 +415,7 @@ fn port_named_late_is_read_not_taken_for_no_channel() {
     .unwrap();
     run.host_write(&node, &framed(CMDLINE));
     let (code, err) = finish(run);
-    assert_eq!(code, 0, "{err}");
-    assert_eq!(t.stored_cmdline().unwrap(), format!("{CMDLINE}\n"));
+    assert_stored(&t, code, &err);
 }
 
 // ---------------------------------------------------------------------------
@@ -456,9 +443,9 @@ mod sender {
         UnixListener::bind(dir.join("s.agent")).unwrap()
     }
 
+    /// What `send --no-pubkey` writes for CMDLINE.
     fn expected() -> Vec<u8> {
-        let body = format!("cmdline:{CMDLINE}\n");
-        format!("{body}{}", end_line(body.as_bytes())).into_bytes()
+        with_end_line(&common::message(CMDLINE, None))
     }
 
     #[test]
@@ -566,7 +553,7 @@ fn earlier_build_ignores_the_end_line_and_stores_the_message() {
     let old = earlier_helper();
     let t = Tree::new();
     let node = t.add_port("vport0p1", Some(PORT));
-    let mut run = Running::spawn(
+    let run = Running::spawn(
         Command::new(old)
             .arg("--sysfs-root")
             .arg(t.sys())
@@ -580,12 +567,8 @@ fn earlier_build_ignores_the_end_line_and_stores_the_message() {
             .arg(t.ssh())
             .args(["--timeout", "60"]),
     );
-    let mut host = run.connect(&node);
-    host.write_all(&framed(CMDLINE)).unwrap();
-    let (code, err) = finish(run);
-    drop(host);
-    assert_eq!(code, 0, "{err}");
-    assert_eq!(t.stored_cmdline().unwrap(), format!("{CMDLINE}\n"));
+    let (code, err) = with_host(run, &node, |host| host.write_all(&framed(CMDLINE)).unwrap());
+    assert_stored(&t, code, &err);
     assert_eq!(
         fs::read_to_string(t.cache().join("authorized_keys")).unwrap(),
         format!("{KEY}\n")

@@ -30,8 +30,18 @@ fn fetch(t: &Tree) -> Command {
     t.fetch(&[("--port-timeout", "3"), ("--grace", "1")])
 }
 
+/// CloudStack's message: KEY and CMDLINE.
 fn message() -> Vec<u8> {
     common::message(CMDLINE, Some(KEY)).into_bytes()
+}
+
+/// Runs fetch with the message offered on port `entry`; it must exit 0 having stored it.
+fn fetch_stores_offer(t: &Tree, entry: &str) -> Output {
+    let _host = t.offer(entry, &message());
+    let out = run(&mut fetch(t));
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(t.stored_cmdline().unwrap(), format!("{CMDLINE}\n"));
+    out
 }
 
 /// A pipe whose reading end is already closed: every write gets EPIPE.
@@ -97,10 +107,7 @@ fn fifo_name_attribute_hangs_neither_ports_nor_fetch() {
         "{row}"
     );
 
-    let _host = t.offer("vport0p2", &message());
-    let out = run(&mut fetch(&t));
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
-    assert_eq!(t.stored_cmdline().unwrap(), format!("{CMDLINE}\n"));
+    fetch_stores_offer(&t, "vport0p2");
 }
 
 #[test]
@@ -135,11 +142,8 @@ fn stored_cmdline_that_is_a_fifo_or_a_link_to_dev_zero_is_refused_unread() {
     }
     // fetch reads the port as on a first boot, and replaces the link.
     t.add_port("vport0p1", Some(PORT));
-    let _host = t.offer("vport0p1", &message());
-    let out = run(&mut fetch(&t));
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let out = fetch_stores_offer(&t, "vport0p1");
     assert!(stderr(&out).contains("is a symlink"), "{}", stderr(&out));
-    assert_eq!(t.stored_cmdline().unwrap(), format!("{CMDLINE}\n"));
 }
 
 #[test]
@@ -186,10 +190,7 @@ fn bad_sibling_port_is_ignored_with_its_reason() {
         .lines()
         .any(|l| l.starts_with("vport0p3") && l.ends_with("chosen")));
 
-    let _host = t.offer("vport0p3", &message());
-    let out = run(&mut fetch(&t));
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
-    assert_eq!(t.stored_cmdline().unwrap(), format!("{CMDLINE}\n"));
+    fetch_stores_offer(&t, "vport0p3");
 }
 
 #[test]
@@ -353,9 +354,7 @@ fn existing_ssh_dir_keeps_its_mode_but_group_and_world_write() {
     fs::create_dir_all(t.ssh()).unwrap();
     fs::set_permissions(t.ssh(), fs::Permissions::from_mode(0o775)).unwrap();
     t.add_port("vport0p1", Some(PORT));
-    let _host = t.offer("vport0p1", &message());
-    let out = run(&mut fetch(&t));
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    fetch_stores_offer(&t, "vport0p1");
     let mode = common::mode(&t.ssh());
     assert_eq!(mode, 0o755);
 }

@@ -6,6 +6,7 @@ mod common;
 
 use std::fs;
 use std::io::{ErrorKind, Read, Write};
+use std::os::fd::AsFd;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -13,7 +14,8 @@ use std::process::{Command, Output};
 use std::thread;
 use std::time::Duration;
 
-use common::{message, stderr, Running, CMDLINE, GUARD, KEY};
+use common::{message, stderr, with_end_line, Running, CMDLINE, GUARD, KEY};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use vport_bootargs::wire::{ack_line, digest_hex};
 
 struct Host {
@@ -40,6 +42,14 @@ impl Host {
     fn listen(&self) -> UnixListener {
         UnixListener::bind(self.socket()).unwrap()
     }
+    /// QEMU's side: listens on the socket and hands the first connection to `qemu`, in a thread.
+    fn serve<T: Send + 'static>(
+        &self,
+        qemu: impl FnOnce(UnixStream) -> T + Send + 'static,
+    ) -> thread::JoinHandle<T> {
+        let listener = self.listen();
+        thread::spawn(move || qemu(accept(&listener)))
+    }
     /// `send --socket S --pubkey-file K` (unless `--no-pubkey`) plus `args`.
     fn command(&self, args: &[&str]) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_vport-bootargs"));
@@ -58,14 +68,14 @@ impl Host {
 /// What `send` writes for `cmdline` with the test key: CloudStack's lines
 /// and the end line.
 fn sent(cmdline: &str) -> Vec<u8> {
-    framed(&message(cmdline, Some(KEY)))
+    with_end_line(&message(cmdline, Some(KEY)))
 }
 
-fn framed(body: &str) -> Vec<u8> {
-    format!("{body}{}", vport_bootargs::wire::end_line(body.as_bytes())).into_bytes()
-}
-
+/// The sender's next connection, waited for at most GUARD (reads on it time out after GUARD).
 fn accept(listener: &UnixListener) -> UnixStream {
+    let mut fds = [PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
+    let ready = poll(&mut fds, PollTimeout::try_from(GUARD).unwrap()).unwrap();
+    assert!(ready > 0, "the sender did not connect within {GUARD:?}");
     let (stream, _) = listener.accept().unwrap();
     stream.set_read_timeout(Some(GUARD)).unwrap();
     stream
@@ -112,31 +122,28 @@ fn assert_nothing_connected(listener: &UnixListener) {
 #[test]
 fn percent_becomes_space_and_key_newline_is_dropped_on_the_wire() {
     let host = Host::new();
-    let listener = host.listen();
-    let server = thread::spawn(move || read_to_end(accept(&listener)));
+    let server = host.serve(read_to_end);
     let out = host.run(&["-p", "a%b%%c=d"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(
         server.join().unwrap(),
-        framed(&format!("pubkey:{KEY}\ncmdline:a b  c=d\n"))
+        with_end_line(&format!("pubkey:{KEY}\ncmdline:a b  c=d\n"))
     );
 }
 
 #[test]
 fn raw_keeps_percent_and_no_pubkey_sends_only_the_cmdline() {
     let host = Host::new();
-    let listener = host.listen();
-    let server = thread::spawn(move || read_to_end(accept(&listener)));
+    let server = host.serve(read_to_end);
     let out = host.run(&["--raw", "--no-pubkey", "-p", "a%b"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    assert_eq!(server.join().unwrap(), framed("cmdline:a%b\n"));
+    assert_eq!(server.join().unwrap(), with_end_line("cmdline:a%b\n"));
 }
 
 #[test]
 fn patchviasocket_arguments_name_the_agent_socket() {
     let host = Host::new();
-    let listener = host.listen();
-    let server = thread::spawn(move || read_to_end(accept(&listener)));
+    let server = host.serve(read_to_end);
     let out = Command::new(env!("CARGO_BIN_EXE_vport-bootargs"))
         .args(["send", "-n", "s-1-VM", "-p", CMDLINE, "--socket-dir"])
         .arg(host.path())
@@ -291,9 +298,7 @@ fn permission_denied_is_exit_77_even_with_wait_ack() {
 #[test]
 fn matching_ack_ends_wait_ack_with_exit_0() {
     let host = Host::new();
-    let listener = host.listen();
-    let server = thread::spawn(move || {
-        let mut s = accept(&listener);
+    let server = host.serve(|mut s| {
         let got = read_message(&mut s);
         s.write_all(ack_line(CMDLINE).as_bytes()).unwrap();
         // Held open: the sender must end on the ack, not on our close.
@@ -311,9 +316,7 @@ fn matching_ack_ends_wait_ack_with_exit_0() {
 #[test]
 fn ack_is_matched_against_the_cmdline_after_percent_substitution() {
     let host = Host::new();
-    let listener = host.listen();
-    let server = thread::spawn(move || {
-        let mut s = accept(&listener);
+    let server = host.serve(|mut s| {
         read_message(&mut s);
         // Acked in pieces, with a CRLF, after an unrelated line.
         let ack = ack_line("a=1 b=2");
@@ -333,9 +336,7 @@ fn ack_is_matched_against_the_cmdline_after_percent_substitution() {
 #[test]
 fn stale_ack_is_logged_and_waiting_goes_on() {
     let host = Host::new();
-    let listener = host.listen();
-    let server = thread::spawn(move || {
-        let mut s = accept(&listener);
+    let server = host.serve(|mut s| {
         s.write_all(ack_line("an older cmdline").as_bytes())
             .unwrap();
         read_message(&mut s);
@@ -352,9 +353,7 @@ fn stale_ack_is_logged_and_waiting_goes_on() {
 #[test]
 fn only_wrong_acks_until_the_deadline_is_exit_76() {
     let host = Host::new();
-    let listener = host.listen();
-    let server = thread::spawn(move || {
-        let mut s = accept(&listener);
+    let server = host.serve(|mut s| {
         read_message(&mut s);
         s.write_all(ack_line("something else").as_bytes()).unwrap();
         read_to_end(s);
@@ -430,9 +429,7 @@ fn guest_that_opens_late_gets_what_was_sent_while_connected() {
     // QEMU leaves the host's bytes in the socket until the guest opens its
     // port: the server here reads nothing for a second, then reads and acks.
     let host = Host::new();
-    let listener = host.listen();
-    let server = thread::spawn(move || {
-        let mut s = accept(&listener);
+    let server = host.serve(|mut s| {
         thread::sleep(Duration::from_secs(1));
         let got = read_message(&mut s);
         s.write_all(ack_line(CMDLINE).as_bytes()).unwrap();
@@ -460,9 +457,7 @@ fn no_socket_until_the_deadline_is_exit_69_saying_what_was_tried() {
 #[test]
 fn silent_guest_until_the_deadline_is_exit_69() {
     let host = Host::new();
-    let listener = host.listen();
-    let server = thread::spawn(move || {
-        let mut s = accept(&listener);
+    let server = host.serve(|mut s| {
         let got = read_message(&mut s);
         read_to_end(s);
         got

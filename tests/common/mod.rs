@@ -35,6 +35,12 @@ pub fn message(cmdline: &str, key: Option<&str>) -> String {
     }
 }
 
+/// `body` as `send` writes it: its lines, then the end line.
+pub fn with_end_line(body: &str) -> Vec<u8> {
+    let end = vport_bootargs::wire::end_line(body.as_bytes());
+    format!("{body}{end}").into_bytes()
+}
+
 pub struct Tree {
     pub dir: tempfile::TempDir,
 }
