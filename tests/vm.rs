@@ -27,7 +27,6 @@ use std::time::{Duration, Instant};
 use checks::*;
 use harness::{Arch, Channels, Config, Entry, Order, Outcome, Run, VPORT_ID};
 use scenarios::Suite;
-use vport_bootargs::wire::end_line;
 
 const SUITE: Suite = Suite {
     arch: Arch::X86_64,
@@ -441,12 +440,7 @@ fn send_wait_ack_delivers_whenever_it_starts() {
 }
 
 // ---------------------------------------------------------------------------
-// Framing, deadlines, no channel, and what the host knows (issue 10).
-
-/// `message` with the end line `send` adds.
-fn framed(body: &str) -> String {
-    format!("{body}{}", end_line(body.as_bytes()))
-}
+// Framing, deadlines, no channel, and what the host knows.
 
 /// The helper's `ports after X s: ...` debug lines, as (seconds since the
 /// helper started, the list): the moments sysfs changed while it waited.
@@ -561,14 +555,14 @@ fn cut_then_quick_resend(frame: bool, test: &str) {
     });
     let cmdline = cmdline(test);
     let whole = if frame {
-        framed(&message(&cmdline))
+        common::with_end_line(&message(&cmdline))
     } else {
-        message(&cmdline)
+        message(&cmdline).into_bytes()
     };
     let cut = message(&cmdline).len() - 25;
-    send_and_close(&guest, &whole.as_bytes()[..cut]);
+    send_and_close(&guest, &whole[..cut]);
     std::thread::sleep(Duration::from_millis(3));
-    send_and_close(&guest, whole.as_bytes());
+    send_and_close(&guest, &whole);
     let o = SUITE.finish(guest, "quick-resend");
     assert_stored(&o, o.only_run(), &cmdline);
     let seen = if o.log_has("ran into the host's resend") {
