@@ -34,7 +34,7 @@ use std::sync::OnceLock;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use shared::{base64_decode, copy_sparse, once, repo, Facts};
+use shared::{base64_decode, base64_encode, build_deb, copy_sparse, image_for, once, repo, Facts};
 use vport_bootargs::wire::digest_hex;
 
 const VM: &str = "s-1-VM";
@@ -55,6 +55,8 @@ fn work() -> PathBuf {
 
 /// What one boot showed.
 struct Boot {
+    /// Which boot: first, second, xen or vmware.
+    label: String,
     /// The `@@ ` lines, without the marker.
     facts: Vec<String>,
     console: String,
@@ -71,26 +73,16 @@ impl Facts for Boot {
         &self.facts
     }
 
-    fn fact(&self, prefix: &str) -> &str {
-        self.try_fact(prefix).unwrap_or_else(|| {
-            panic!(
-                "the guest reported no {prefix:?} line; facts: {:#?}",
-                self.facts
-            )
-        })
+    fn source(&self) -> String {
+        format!("{} boot", self.label)
     }
 }
 
 impl Boot {
-    /// Mode, owner and content of a file the guest reported.
-    fn file(&self, path: &str) -> (String, String, Vec<u8>) {
-        let line = self.fact(&format!("file {path} "));
-        let mut parts = line.split_whitespace();
-        let mode = parts.next().unwrap_or_default().to_owned();
-        assert_ne!(mode, "missing", "{path} does not exist in the guest");
-        let owner = parts.next().unwrap_or_default().to_owned();
-        let content = base64_decode(parts.next().unwrap_or_default());
-        (mode, owner, content)
+    /// Mode, owner and content of a file the guest reported; it must exist.
+    fn existing_file(&self, path: &str) -> (String, String, Vec<u8>) {
+        self.file(path)
+            .unwrap_or_else(|| panic!("{path} does not exist in the guest"))
     }
 }
 
@@ -126,66 +118,71 @@ fn boots() -> &'static Boots {
     once(&BOOTS, "the image could not be built or booted", run_boots)
 }
 
-/// An emptied `work()/name` directory, a fresh copy of the image's disk in
-/// it, and a directory for QEMU's sockets named after `prefix`.
-fn fresh_run(images: &Path, name: &str, prefix: &str) -> (PathBuf, PathBuf, tempfile::TempDir) {
-    let run = work().join(name);
-    let _ = fs::remove_dir_all(&run);
-    fs::create_dir_all(&run).unwrap();
-    let disk = run.join("disk.raw");
+/// Where the boots of one run find their image, disk, logs and sockets.
+struct RunDir {
+    images: PathBuf,
+    /// `work()/NAME`, emptied first: console logs and figures.
+    dir: PathBuf,
+    /// A fresh copy of the image's disk, in `dir`.
+    disk: PathBuf,
+    /// QEMU's sockets, one directory a boot: a short path, sun_path holds
+    /// 108 bytes.
+    sockets: tempfile::TempDir,
+}
+
+/// An emptied `work()/name` directory with a fresh copy of the image's disk
+/// in it, and a directory for QEMU's sockets named after `prefix`.
+fn fresh_run(images: &Path, name: &str, prefix: &str) -> RunDir {
+    let dir = work().join(name);
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap();
+    let disk = dir.join("disk.raw");
     copy_sparse(&images.join("image.raw"), &disk);
-    // QEMU's sockets: a short path, sun_path holds 108 bytes.
-    let sockets = tempfile::Builder::new().prefix(prefix).tempdir().unwrap();
-    (run, disk, sockets)
+    RunDir {
+        images: images.to_owned(),
+        dir,
+        disk,
+        sockets: tempfile::Builder::new().prefix(prefix).tempdir().unwrap(),
+    }
+}
+
+impl RunDir {
+    /// The directory for the sockets of the boot named `label`.
+    fn sockets_for(&self, label: &str) -> PathBuf {
+        let dir = self.sockets.path().join(label);
+        fs::create_dir_all(&dir).unwrap();
+        dir
+    }
 }
 
 fn run_boots() -> Boots {
     let started = Instant::now();
-    let deb = &package().deb;
-    let images = image_for(deb);
+    let images = image_for(&package().deb);
     let built = started.elapsed();
 
-    let (run, disk, sockets) = fresh_run(&images, "run", "vport-image");
-    let key = run.join("id_rsa.pub.cloud");
+    let run = fresh_run(&images, "run", "vport-image");
+    let key = run.dir.join("id_rsa.pub.cloud");
     fs::write(&key, format!("{PUBKEY}\n")).unwrap();
 
-    let first = boot(
-        &images,
-        &disk,
-        sockets.path(),
-        &run,
-        "first",
-        Some(&key),
-        &[],
-    );
+    let first = boot(&run, &run.disk, "first", Some(&key), &[]);
     // The other boots start from the disk the first one left, each on its
     // own copy, side by side (one TCG thread each).
-    let xen_disk = run.join("disk-xen.raw");
-    let vmware_disk = run.join("disk-vmware.raw");
-    copy_sparse(&disk, &xen_disk);
-    copy_sparse(&disk, &vmware_disk);
+    let xen_disk = run.dir.join("disk-xen.raw");
+    let vmware_disk = run.dir.join("disk-vmware.raw");
+    copy_sparse(&run.disk, &xen_disk);
+    copy_sparse(&run.disk, &vmware_disk);
     let (second, xen, vmware) = thread::scope(|scope| {
-        let second =
-            scope.spawn(|| boot(&images, &disk, sockets.path(), &run, "second", None, &[]));
+        let second = scope.spawn(|| boot(&run, &run.disk, "second", None, &[]));
         // systemd-detect-virt trusts a DMI vendor of Xen before CPUID.
         let xen = scope.spawn(|| {
-            boot(
-                &images,
-                &xen_disk,
-                sockets.path(),
-                &run,
-                "xen",
-                None,
-                &["-smbios", "type=1,manufacturer=Xen,product=HVM domU"],
-            )
+            let smbios = ["-smbios", "type=1,manufacturer=Xen,product=HVM domU"];
+            boot(&run, &xen_disk, "xen", None, &smbios)
         });
         // VMware's DMI vendor counts only once CPUID names no hypervisor
         // (TCG's "TCGTCGTCGTCG" would say qemu).
         let vmware = boot(
-            &images,
-            &vmware_disk,
-            sockets.path(),
             &run,
+            &vmware_disk,
             "vmware",
             None,
             &[
@@ -198,7 +195,7 @@ fn run_boots() -> Boots {
         (second.join().unwrap(), xen.join().unwrap(), vmware)
     });
     report(
-        &run,
+        &run.dir,
         built,
         started.elapsed(),
         &[&first, &second, &xen, &vmware],
@@ -211,55 +208,148 @@ fn run_boots() -> Boots {
     }
 }
 
-fn build_deb() -> PathBuf {
-    let out = Command::new(repo().join("tests/image/build-deb.sh"))
-        .arg(work())
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("cannot run tests/image/build-deb.sh");
-    assert!(out.status.success(), "building the package failed");
-    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+/// One boot of the image under QEMU (tests/image/run-vm.sh), its serial
+/// console followed line by line.
+struct Guest {
+    label: String,
+    qemu: Child,
+    lines: mpsc::Receiver<String>,
+    /// The console so far.
+    console: String,
+    /// QEMU's sockets for this guest.
+    sockets: PathBuf,
+    started: Instant,
 }
 
-/// The image directory for this .deb, from the cache under target/image or
-/// built now (tests/image/cached-image.sh).
-fn image_for(deb: &Path) -> PathBuf {
-    let out = Command::new(repo().join("tests/image/cached-image.sh"))
-        .arg(deb)
-        .arg(work())
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("cannot run tests/image/cached-image.sh");
-    assert!(out.status.success(), "building the image failed");
-    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+impl Guest {
+    /// Boots `disk` with `run`'s image; `env` goes to run-vm.sh, and the
+    /// console to `LABEL.console` in the run's directory as well.
+    fn start(
+        run: &RunDir,
+        disk: &Path,
+        label: &str,
+        env: &[(&str, &str)],
+        qemu_args: &[&str],
+    ) -> Guest {
+        let sockets = run.sockets_for(label);
+        let started = Instant::now();
+        let mut qemu = Command::new(repo().join("tests/image/run-vm.sh"))
+            .envs(env.iter().copied())
+            .arg(&run.images)
+            .arg(disk)
+            .arg(&sockets)
+            .arg(VM)
+            .args(qemu_args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("cannot start tests/image/run-vm.sh");
+        let lines = console_reader(&mut qemu, run.dir.join(format!("{label}.console")));
+        Guest {
+            label: label.to_owned(),
+            qemu,
+            lines,
+            console: String::new(),
+            sockets,
+            started,
+        }
+    }
+
+    /// QEMU's socket `VM.suffix`: `agent` for the *.vport port,
+    /// `org.qemu.guest_agent.0` for qemu-ga's.
+    fn socket(&self, suffix: &str) -> PathBuf {
+        self.sockets.join(format!("{VM}.{suffix}"))
+    }
+
+    /// The `@@ ` facts up to `@@ done`, within BOOT_LIMIT of QEMU's start.
+    /// Without them QEMU is killed, and the panic shows what it said and the
+    /// end of the console.
+    fn report(&mut self) -> Vec<String> {
+        let deadline = self.started + BOOT_LIMIT;
+        let mut facts = Vec::new();
+        let problem = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.console.push_str(&line);
+                    self.console.push('\n');
+                    match line.strip_prefix("@@ ") {
+                        Some("done") => return facts,
+                        Some(f) => facts.push(f.to_owned()),
+                        None => {}
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    break format!("the guest did not report within {BOOT_LIMIT:?}")
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    break "QEMU exited before the guest reported".to_owned()
+                }
+            }
+        };
+        let _ = self.qemu.kill();
+        let stderr = read_all(self.qemu.stderr.take());
+        let _ = self.qemu.wait();
+        panic!(
+            "{} boot: {problem}; QEMU said {stderr:?}; console:\n{}",
+            self.label,
+            tail(&self.console, 60)
+        );
+    }
+
+    /// Sends guest-ping to qemu-guest-agent on its host socket, then
+    /// guest-shutdown (which has no reply) on the same connection, held open
+    /// until QEMU exits: QEMU may drop what a host wrote just before
+    /// disconnecting. The guest powers itself off anyway
+    /// (IMAGE_CHECK_LINGER), and QEMU is killed past AGENT_LIMIT. The reply
+    /// to the ping, and the whole console.
+    fn ping_then_shut_down(self) -> (Result<String, String>, String) {
+        let socket = self.socket("org.qemu.guest_agent.0");
+        let ping = (|| {
+            let mut s = UnixStream::connect(&socket).map_err(|e| format!("connect: {e}"))?;
+            s.set_read_timeout(Some(AGENT_LIMIT)).unwrap();
+            s.write_all(b"{\"execute\":\"guest-ping\"}\n")
+                .map_err(|e| format!("write: {e}"))?;
+            let mut line = String::new();
+            BufReader::new(&s)
+                .read_line(&mut line)
+                .map_err(|e| format!("read: {e}"))?;
+            Ok((s, line.trim().to_owned()))
+        })();
+        match ping {
+            Ok((mut s, reply)) => {
+                let _ = s.write_all(b"{\"execute\":\"guest-shutdown\"}\n");
+                let console = self.finish();
+                drop(s);
+                (Ok(reply), console)
+            }
+            Err(e) => (Err(e), self.finish()),
+        }
+    }
+
+    /// Waits for QEMU to exit (killed past AGENT_LIMIT); the whole console,
+    /// with what it said after `@@ done`, for the log file.
+    fn finish(mut self) -> String {
+        wait_or_kill(&mut self.qemu, AGENT_LIMIT);
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(5)) {
+            self.console.push_str(&line);
+            self.console.push('\n');
+        }
+        self.console
+    }
 }
 
-/// Boots the disk once and collects what the guest reported.
+/// Boots `disk` once and collects what the guest reported; with `send_key`,
+/// the host sends the cmdline and that key.
 fn boot(
-    images: &Path,
+    run: &RunDir,
     disk: &Path,
-    sockets: &Path,
-    run: &Path,
     label: &str,
     send_key: Option<&Path>,
     qemu_args: &[&str],
 ) -> Boot {
-    let sockets = &sockets.join(label);
-    fs::create_dir_all(sockets).unwrap();
-    let started = Instant::now();
-    let mut qemu = Command::new(repo().join("tests/image/run-vm.sh"))
-        .env("IMAGE_CHECK_LINGER", "30")
-        .arg(images)
-        .arg(disk)
-        .arg(sockets)
-        .arg(VM)
-        .args(qemu_args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("cannot start tests/image/run-vm.sh");
-    let lines = console_reader(&mut qemu, run.join(format!("{label}.console")));
+    let mut guest = Guest::start(run, disk, label, &[("IMAGE_CHECK_LINGER", "30")], qemu_args);
 
     // Started before the guest is up, as CloudStack's agent does: send keeps
     // (re)connecting and stays connected until the guest's ack.
@@ -267,7 +357,7 @@ fn boot(
         let cmd = Command::new(env!("CARGO_BIN_EXE_vport-bootargs"))
             .arg("send")
             .arg("--socket")
-            .arg(sockets.join(format!("{VM}.agent")))
+            .arg(guest.socket("agent"))
             .args(["-p", &CMDLINE.replace(' ', "%")])
             .arg("--pubkey-file")
             .arg(key)
@@ -280,50 +370,12 @@ fn boot(
         thread::spawn(move || cmd.wait_with_output().unwrap())
     });
 
-    let mut console = String::new();
-    let mut facts = Vec::new();
-    let deadline = started + BOOT_LIMIT;
-    let ended = loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match lines.recv_timeout(left) {
-            Ok(line) => {
-                console.push_str(&line);
-                console.push('\n');
-                if let Some(f) = line.strip_prefix("@@ ") {
-                    if f == "done" {
-                        break None;
-                    }
-                    facts.push(f.to_owned());
-                }
-            }
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                break Some(format!("the guest did not report within {BOOT_LIMIT:?}"))
-            }
-            Err(mpsc::RecvTimeoutError::Disconnected) => {
-                break Some("QEMU exited before the guest reported".to_owned())
-            }
-        }
-    };
-    let elapsed = started.elapsed();
-    if let Some(problem) = ended {
-        let _ = qemu.kill();
-        let stderr = read_all(qemu.stderr.take());
-        let _ = qemu.wait();
-        panic!(
-            "{label} boot: {problem}; QEMU said {stderr:?}; console:\n{}",
-            tail(&console, 60)
-        );
-    }
-
-    let agent = sockets.join(format!("{VM}.org.qemu.guest_agent.0"));
-    let ping = ping_then_shut_down(&agent, &mut qemu);
-    // Whatever the console said after `@@ done`, for the log file.
-    while let Ok(line) = lines.recv_timeout(Duration::from_secs(5)) {
-        console.push_str(&line);
-        console.push('\n');
-    }
+    let facts = guest.report();
+    let elapsed = guest.started.elapsed();
+    let (ping, console) = guest.ping_then_shut_down();
     let send = sender.map(|t| t.join().unwrap());
     Boot {
+        label: label.to_owned(),
         facts,
         console,
         ping,
@@ -351,36 +403,6 @@ fn console_reader(qemu: &mut Child, log: PathBuf) -> mpsc::Receiver<String> {
         }
     });
     rx
-}
-
-/// Sends guest-ping to qemu-guest-agent on its host socket and returns the
-/// reply, then guest-shutdown (which has no reply) on the same connection,
-/// held open until QEMU exits: QEMU may drop what a host wrote just before
-/// disconnecting. The guest powers itself off anyway
-/// (IMAGE_CHECK_LINGER), and QEMU is killed past AGENT_LIMIT.
-fn ping_then_shut_down(socket: &Path, qemu: &mut Child) -> Result<String, String> {
-    let ping = (|| {
-        let mut s = UnixStream::connect(socket).map_err(|e| format!("connect: {e}"))?;
-        s.set_read_timeout(Some(AGENT_LIMIT)).unwrap();
-        s.write_all(b"{\"execute\":\"guest-ping\"}\n")
-            .map_err(|e| format!("write: {e}"))?;
-        let mut line = String::new();
-        BufReader::new(&s)
-            .read_line(&mut line)
-            .map_err(|e| format!("read: {e}"))?;
-        Ok((s, line.trim().to_owned()))
-    })();
-    match ping {
-        Ok((mut s, reply)) => {
-            let _ = s.write_all(b"{\"execute\":\"guest-shutdown\"}\n");
-            wait_or_kill(qemu, AGENT_LIMIT);
-            Ok(reply)
-        }
-        Err(e) => {
-            wait_or_kill(qemu, AGENT_LIMIT);
-            Err(e)
-        }
-    }
 }
 
 fn wait_or_kill(child: &mut Child, limit: Duration) {
@@ -427,14 +449,15 @@ fn report(run: &Path, built: Duration, total: Duration, boots: &[&Boot]) {
         built.as_secs_f64(),
         total.as_secs_f64()
     );
-    for (name, b) in ["first", "second", "xen", "vmware"].iter().zip(boots) {
+    for b in boots {
         let unit = b
             .facts_with("unit vport-bootargs.service ")
             .first()
             .map(|s| s.to_string())
             .unwrap_or_default();
         text.push_str(&format!(
-            "{name} boot: QEMU start to report {:.1} s; guest uptime at report {} s; unit: {unit}\n",
+            "{} boot: QEMU start to report {:.1} s; guest uptime at report {} s; unit: {unit}\n",
+            b.label,
             b.elapsed.as_secs_f64(),
             b.facts_with("uptime ").first().copied().unwrap_or("?")
         ));
@@ -526,14 +549,14 @@ fn unit_succeeds_under_qemu() {
 #[ignore = "builds and boots a Debian image; run by tests/run-all.sh"]
 fn stored_files_hold_what_was_sent_with_their_modes() {
     let b = &boots().first;
-    let (mode, owner, content) = b.file("/var/cache/cloud/cmdline");
+    let (mode, owner, content) = b.existing_file("/var/cache/cloud/cmdline");
     assert_eq!((mode.as_str(), owner.as_str()), ("644", "root:root"));
     assert_eq!(String::from_utf8(content).unwrap().trim_end(), CMDLINE);
     for keys in [
         "/var/cache/cloud/authorized_keys",
         "/root/.ssh/authorized_keys",
     ] {
-        let (mode, owner, content) = b.file(keys);
+        let (mode, owner, content) = b.existing_file(keys);
         assert_eq!(
             (mode.as_str(), owner.as_str()),
             ("600", "root:root"),
@@ -637,7 +660,7 @@ fn reboot_without_host_data_keeps_stored_parameters() {
         "/var/cache/cloud/authorized_keys",
         "/root/.ssh/authorized_keys",
     ] {
-        assert_eq!(b.file(f), s.first.file(f), "{f} changed");
+        assert_eq!(b.existing_file(f), s.first.existing_file(f), "{f} changed");
     }
     let kept = b
         .facts_with("journal ")
@@ -678,8 +701,8 @@ fn assert_skipped(b: &Boot, virt: &str) {
     // cloud-early-config runs as before and finds the earlier files.
     assert!(b.fact("early-config ").ends_with("vport_bootargs=inactive"));
     assert_eq!(
-        b.file("/var/cache/cloud/cmdline"),
-        boots().first.file("/var/cache/cloud/cmdline")
+        b.existing_file("/var/cache/cloud/cmdline"),
+        boots().first.existing_file("/var/cache/cloud/cmdline")
     );
 }
 
@@ -850,27 +873,6 @@ impl Agent {
     }
 }
 
-fn base64_encode(data: &[u8]) -> String {
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
 /// The sandbox settings of the installed unit, one `-p SETTING` pair each,
 /// into "$@" (sh; the settings are the unit's lines between `# Sandbox` and
 /// `[Install]`).
@@ -949,9 +951,8 @@ impl Facts for GaOnly {
         &self.facts
     }
 
-    fn fact(&self, prefix: &str) -> &str {
-        self.try_fact(prefix)
-            .unwrap_or_else(|| panic!("no {prefix:?} fact; facts: {:#?}", self.facts))
+    fn source(&self) -> String {
+        "the guest-agent-only boot".to_owned()
     }
 }
 
@@ -963,51 +964,21 @@ fn ga_only() -> &'static GaOnly {
 fn run_ga_only() -> GaOnly {
     let images = image_for(&package().deb);
     // A disk as the image left it: no stored parameters.
-    let (run, disk, sockets) = fresh_run(&images, "run-ga-only", "vport-ga");
-    let qmp_path = sockets.path().join("qmp");
-    let mut qemu = Command::new(repo().join("tests/image/run-vm.sh"))
-        .env("IMAGE_CHECK_LINGER", "900")
-        .env("IMAGE_CHANNELS", "ga-only")
-        .arg(&images)
-        .arg(&disk)
-        .arg(sockets.path())
-        .arg(VM)
-        .arg("-qmp")
-        .arg(format!("unix:{},server=on,wait=off", qmp_path.display()))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("cannot start tests/image/run-vm.sh");
-    let lines = console_reader(&mut qemu, run.join("console"));
-    let started = Instant::now();
-    let mut console = String::new();
-    let mut facts = Vec::new();
-    loop {
-        let left = (started + BOOT_LIMIT).saturating_duration_since(Instant::now());
-        match lines.recv_timeout(left) {
-            Ok(line) => {
-                console.push_str(&line);
-                console.push('\n');
-                if let Some(f) = line.strip_prefix("@@ ") {
-                    if f == "done" {
-                        break;
-                    }
-                    facts.push(f.to_owned());
-                }
-            }
-            Err(e) => {
-                let _ = qemu.kill();
-                let _ = qemu.wait();
-                panic!(
-                    "ga-only boot: no report ({e:?}); console:\n{}",
-                    tail(&console, 60)
-                );
-            }
-        }
-    }
-    let socket = sockets.path().join(format!("{VM}.org.qemu.guest_agent.0"));
-    let mut agent = Agent::connect(&socket);
+    let run = fresh_run(&images, "run-ga-only", "vport-ga");
+    let label = "ga-only";
+    let qmp_path = run.sockets_for(label).join("qmp");
+    let mut guest = Guest::start(
+        &run,
+        &run.disk,
+        label,
+        &[("IMAGE_CHECK_LINGER", "900"), ("IMAGE_CHANNELS", "ga-only")],
+        &[
+            "-qmp",
+            &format!("unix:{},server=on,wait=off", qmp_path.display()),
+        ],
+    );
+    let facts = guest.report();
+    let mut agent = Agent::connect(&guest.socket("org.qemu.guest_agent.0"));
     let mut step = |f: &mut dyn FnMut(&mut Agent) -> Result<String, String>| match &mut agent {
         Ok(a) => f(a),
         Err(e) => Err(e.clone()),
@@ -1024,7 +995,7 @@ fn run_ga_only() -> GaOnly {
         Ok(String::from_utf8_lossy(&back).into_owned())
     })
     .map(String::into_bytes);
-    let uevent = step(&mut |a| uevent_in_the_unit(a, &qmp_path, sockets.path()));
+    let uevent = step(&mut |a| uevent_in_the_unit(a, &qmp_path, &guest.sockets));
     let sandbox = step(&mut |a| {
         let script = format!("{SANDBOX_PROPS}{SANDBOX_COST}");
         a.exec(&script, Duration::from_secs(900)).map(|r| r.1)
@@ -1033,11 +1004,7 @@ fn run_ga_only() -> GaOnly {
         a.call(serde_json::json!({"execute": "guest-shutdown"}))
             .map(|_| String::new())
     });
-    wait_or_kill(&mut qemu, AGENT_LIMIT);
-    while let Ok(line) = lines.recv_timeout(Duration::from_secs(5)) {
-        console.push_str(&line);
-        console.push('\n');
-    }
+    let console = guest.finish();
     let g = GaOnly {
         facts,
         console,
@@ -1046,7 +1013,7 @@ fn run_ga_only() -> GaOnly {
         uevent,
         sandbox,
     };
-    report_ga_only(&run, &g);
+    report_ga_only(&run.dir, &g);
     g
 }
 
@@ -1167,14 +1134,7 @@ fn sandbox_summary(out: &str) -> String {
 }
 
 fn report_ga_only(run: &Path, g: &GaOnly) {
-    let us = |k: &str| {
-        g.unit("vport-bootargs.service", k)
-            .parse::<u64>()
-            .unwrap_or(0)
-    };
-    let runtime = us("ExecMainExitTimestampMonotonic")
-        .saturating_sub(us("ExecMainStartTimestampMonotonic")) as f64
-        / 1e6;
+    let runtime = g.report_runtime("vport-bootargs.service");
     let text = format!(
         "guest-agent-only layout: vport-bootargs.service start to exit {runtime:.2} s\n{}\n\
          systemd-analyze security: {}\n",
@@ -1209,7 +1169,7 @@ fn guest_agent_only_layout_unit_succeeds_saying_no_channel_and_writes_nothing() 
         "/var/cache/cloud/authorized_keys",
         "/root/.ssh/authorized_keys",
     ] {
-        assert_eq!(g.fact(&format!("file {f} ")), "missing", "{f}");
+        assert_eq!(g.file(f), None, "{f}");
     }
 }
 

@@ -43,7 +43,9 @@ use std::sync::OnceLock;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use shared::{base64_decode, caught, image, once, repo, Facts};
+use shared::{
+    base64_decode, base64_encode, caught, copy_sparse, image, once, repo, stdout_or_stderr, Facts,
+};
 
 const URI: &str = "qemu:///system";
 /// CloudStack's `qemu.sockets.path` default, and `send`'s default directory.
@@ -436,12 +438,7 @@ fn virsh(args: &[&str]) -> Output {
 /// `virsh qemu-agent-command VM JSON`, as CloudStack's patch.sh calls it:
 /// the reply, or virsh's error.
 fn agent(vm: &str, json: &str) -> Result<String, String> {
-    let out = virsh(&["qemu-agent-command", vm, json]);
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
-    }
+    stdout_or_stderr(&virsh(&["qemu-agent-command", vm, json]))
 }
 
 /// The `state` libvirt shows for the channel named `name` in the live XML
@@ -563,13 +560,7 @@ fn disk_for(ctx: &Ctx, name: &str) -> PathBuf {
     let dir = work().join(name);
     fs::create_dir_all(&dir).unwrap();
     let disk = dir.join("disk.raw");
-    let st = Command::new("cp")
-        .arg("--sparse=always")
-        .arg(ctx.images.join("image.raw"))
-        .arg(&disk)
-        .status()
-        .unwrap();
-    assert!(st.success(), "cannot copy the image for {name}");
+    copy_sparse(&ctx.images.join("image.raw"), &disk);
     disk
 }
 
@@ -662,7 +653,11 @@ impl Console {
             };
             let fact = line.strip_prefix("@@ ").unwrap().to_owned();
             if fact == "done" {
-                return Report { facts, at };
+                return Report {
+                    what: what.to_owned(),
+                    facts,
+                    at,
+                };
             }
             facts.push(fact);
         }
@@ -680,6 +675,8 @@ impl Console {
 
 /// One image-check report.
 struct Report {
+    /// Which boot of which domain.
+    what: String,
     facts: Vec<String>,
     /// When `@@ done` came, from `virsh create` (host clock).
     at: Duration,
@@ -690,21 +687,16 @@ impl Facts for Report {
         &self.facts
     }
 
-    fn fact(&self, prefix: &str) -> &str {
-        self.try_fact(prefix)
-            .unwrap_or_else(|| panic!("the guest reported no {prefix:?} line: {:#?}", self.facts))
+    fn source(&self) -> String {
+        self.what.clone()
     }
 }
 
 impl Report {
     /// The file's content, or None when the guest reported it missing.
-    fn file(&self, path: &str) -> Option<String> {
-        let line = self.fact(&format!("file {path} "));
-        if line == "missing" {
-            return None;
-        }
-        let b64 = line.split_whitespace().nth(2).unwrap_or_default();
-        Some(String::from_utf8(base64_decode(b64)).unwrap())
+    fn content(&self, path: &str) -> Option<String> {
+        self.file(path)
+            .map(|(_, _, bytes)| String::from_utf8(bytes).unwrap())
     }
 
     fn journal(&self) -> Vec<&str> {
@@ -719,17 +711,6 @@ impl Report {
             .parse()
             .unwrap_or(0);
         us as f64 / 1e6
-    }
-
-    fn unit_runtime(&self) -> f64 {
-        let us = |k| {
-            self.unit("vport-bootargs.service", k)
-                .parse::<u64>()
-                .unwrap_or(0)
-        };
-        us("ExecMainExitTimestampMonotonic").saturating_sub(us("ExecMainStartTimestampMonotonic"))
-            as f64
-            / 1e6
     }
 
     fn assert_unit_succeeded(&self, what: &str) {
@@ -749,7 +730,7 @@ impl Report {
 
     fn assert_stored(&self, cmdline: &str, what: &str) {
         assert_eq!(
-            self.file("/var/cache/cloud/cmdline").as_deref(),
+            self.content("/var/cache/cloud/cmdline").as_deref(),
             Some(format!("{cmdline}\n").as_str()),
             "{what}: /var/cache/cloud/cmdline"
         );
@@ -758,7 +739,7 @@ impl Report {
             "/root/.ssh/authorized_keys",
         ] {
             assert_eq!(
-                self.file(keys).as_deref(),
+                self.content(keys).as_deref(),
                 Some(format!("{PUBKEY}\n").as_str()),
                 "{what}: {keys}"
             );
@@ -1019,6 +1000,25 @@ struct Boot {
     wall: Duration,
 }
 
+impl Boot {
+    /// The boot's `send --wait-ack` succeeded, and the unit stored
+    /// `cmdline` and the key.
+    fn assert_delivered(&self, cmdline: &str) {
+        let what = &self.report.what;
+        let (out, _) = self
+            .send
+            .as_ref()
+            .unwrap_or_else(|| panic!("{what}: the host sent nothing"));
+        assert!(
+            out.status.success(),
+            "{what}: send --wait-ack: {}",
+            show(out)
+        );
+        self.report.assert_unit_succeeded(what);
+        self.report.assert_stored(cmdline, what);
+    }
+}
+
 struct Lifecycle {
     first: Boot,
     /// `send -n r-3-VM` right after `virsh destroy`, and whether the
@@ -1032,17 +1032,21 @@ fn lifecycle(ctx: &Ctx) -> Lifecycle {
     let name = "r-3-VM";
     let layout = [Channel::GuestAgent, Channel::Vport];
     let disk = disk_for(ctx, name);
-    let wait_ack = ["--wait-ack", "300"];
-
-    // As the agent would: started right after the domain, one call.
-    let mut d = Domain::create(ctx, name, &layout, &disk, "first");
-    let sender = send_in_background(name, CMDLINE, ctx.key, &wait_ack);
-    let report = d.console.report(&format!("{name} first boot"));
-    let first = Boot {
-        report,
-        send: Some(sender.join().unwrap()),
-        wall: d.started.elapsed(),
+    // As the agent would: `send --wait-ack` started right after the
+    // domain, one call.
+    let boot = |label: &str, cmdline: &str, what: &str| {
+        let mut d = Domain::create(ctx, name, &layout, &disk, label);
+        let sender = send_in_background(name, cmdline, ctx.key, &["--wait-ack", "300"]);
+        let report = d.console.report(&format!("{name} {what}"));
+        let boot = Boot {
+            report,
+            send: Some(sender.join().unwrap()),
+            wall: d.started.elapsed(),
+        };
+        (d, boot)
     };
+
+    let (d, first) = boot("first", CMDLINE, "first boot");
     d.destroy();
     let socket = d.socket("agent");
     let socket_after_destroy = socket.exists();
@@ -1052,14 +1056,7 @@ fn lifecycle(ctx: &Ctx) -> Lifecycle {
     drop(d);
 
     // Stopped and started again on the same disk, with new parameters.
-    let mut d = Domain::create(ctx, name, &layout, &disk, "restarted");
-    let sender = send_in_background(name, CMDLINE_NEW, ctx.key, &wait_ack);
-    let report = d.console.report(&format!("{name} after destroy and start"));
-    let restarted = Boot {
-        report,
-        send: Some(sender.join().unwrap()),
-        wall: d.started.elapsed(),
-    };
+    let (_domain, restarted) = boot("restarted", CMDLINE_NEW, "after destroy and start");
     Lifecycle {
         first,
         send_after_destroy,
@@ -1212,28 +1209,6 @@ fn read_through_agent(vm: &str, path: &str) -> Result<Vec<u8>, String> {
     Ok(base64_decode(b64))
 }
 
-// ---- base64, for qemu-ga's buf-b64 and image-check's file lines ----
-
-const B64: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-fn base64_encode(bytes: &[u8]) -> String {
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |acc, (i, &b)| acc | (b as u32) << (16 - 8 * i));
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(B64[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
 // ---- figures ----
 
 /// Writes target/libvirt/report.txt and prints it (visible with
@@ -1280,7 +1255,7 @@ fn report(run: &Run, prepared: Duration, total: Duration) {
                     "reboot from inside, no resend (v-2-VM) | {} from virsh reboot to the guest's report | {:.1} s (unit ran {:.2} s) | none\n",
                     secs(b.wall),
                     b.report.unit_done_uptime(),
-                    b.report.unit_runtime()
+                    b.report.report_runtime("vport-bootargs.service")
                 )),
                 Err(e) => t.push_str(&format!("reboot (v-2-VM): FAILED: {e}\n")),
             }
@@ -1312,7 +1287,7 @@ fn report(run: &Run, prepared: Duration, total: Duration) {
                     secs(b.wall),
                     secs(b.report.at),
                     b.report.unit_done_uptime(),
-                    b.report.unit_runtime()
+                    b.report.report_runtime("vport-bootargs.service")
                 ));
             }
             t.push_str(&format!(
@@ -1346,7 +1321,7 @@ fn report(run: &Run, prepared: Duration, total: Duration) {
             "current layout, patch.sh through qemu-ga (s-4-VM) | {} | {:.1} s (unit ran {:.2} s) | {} guest-ping calls (answered at {}), then sync, open, write, close (closed at {})\n",
             secs(c.wall),
             c.report.unit_done_uptime(),
-            c.report.unit_runtime(),
+            c.report.report_runtime("vport-bootargs.service"),
             c.pings,
             secs(c.answered),
             secs(c.written)
@@ -1413,22 +1388,14 @@ fn old_agent_one_shot_sends_every_2s_are_stored() {
 #[ignore = "boots libvirt domains; run by tests/run-all.sh"]
 fn send_wait_ack_from_the_domains_start_delivers_in_one_call() {
     let l = get(&run().lifecycle, "r-3-VM");
-    let (out, _) = l.first.send.as_ref().unwrap();
-    assert!(out.status.success(), "send --wait-ack: {}", show(out));
-    l.first.report.assert_unit_succeeded("r-3-VM first boot");
-    l.first.report.assert_stored(CMDLINE, "r-3-VM first boot");
+    l.first.assert_delivered(CMDLINE);
 }
 
 #[test]
 #[ignore = "boots libvirt domains; run by tests/run-all.sh"]
 fn destroy_and_start_with_new_parameters_stores_the_new_ones() {
     let l = get(&run().lifecycle, "r-3-VM");
-    let (out, _) = l.restarted.send.as_ref().unwrap();
-    assert!(out.status.success(), "send --wait-ack: {}", show(out));
-    l.restarted.report.assert_unit_succeeded("r-3-VM restarted");
-    l.restarted
-        .report
-        .assert_stored(CMDLINE_NEW, "r-3-VM restarted");
+    l.restarted.assert_delivered(CMDLINE_NEW);
     let stored: Vec<&str> = l
         .restarted
         .report
@@ -1475,7 +1442,7 @@ fn current_layout_host_writes_the_cmdline_through_the_guest_agent() {
         "/var/cache/cloud/authorized_keys",
         "/root/.ssh/authorized_keys",
     ] {
-        assert_eq!(r.file(keys), None, "{keys}");
+        assert_eq!(r.content(keys), None, "{keys}");
     }
     assert!(
         !r.journal().iter().any(|l| l.contains("stored the cmdline")),

@@ -39,7 +39,7 @@ use std::sync::OnceLock;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use shared::{copy_sparse, image, once, repo, Facts};
+use shared::{base64_encode, copy_sparse, image, once, repo, stdout_or_stderr, Facts};
 use vport_bootargs::wire::digest_hex;
 
 /// From `virsh create` to the guest's `@@ done` (a boot is ~20 s under TCG
@@ -107,18 +107,11 @@ impl Facts for Boot {
         &self.facts
     }
 
-    fn fact(&self, prefix: &str) -> &str {
-        self.try_fact(prefix).unwrap_or_else(|| {
-            panic!(
-                "{}: the guest reported no {prefix:?} line{}; facts: {:#?}",
-                self.label,
-                self.error
-                    .as_deref()
-                    .map(|e| format!(" ({e})"))
-                    .unwrap_or_default(),
-                self.facts
-            )
-        })
+    fn source(&self) -> String {
+        match &self.error {
+            Some(e) => format!("{} ({e})", self.label),
+            None => self.label.clone(),
+        }
     }
 }
 
@@ -196,13 +189,14 @@ fn boots() -> &'static Boots {
 
 fn run_boots() -> Boots {
     let started = Instant::now();
-    let images = image();
     let run = work();
     let _ = fs::remove_dir_all(&run);
     fs::create_dir_all(&run).unwrap();
-    let lv = Libvirtd::start(&run.join("libvirtd"));
-    // QEMU's sockets: a short path, sun_path holds 108 bytes.
-    let sockets = tempfile::Builder::new().prefix("vq").tempdir().unwrap();
+    let bench = Bench {
+        images: image(),
+        sockets: tempfile::Builder::new().prefix("vq").tempdir().unwrap(),
+        lv: Libvirtd::start(&run.join("libvirtd")),
+    };
     let sent: Vec<String> = [(2_000, "a"), (9_000, "b"), (70_000, "c")]
         .iter()
         .map(|&(len, seed)| cmdline(len, seed))
@@ -210,8 +204,7 @@ fn run_boots() -> Boots {
 
     let (sequence, (masked, silent)) = thread::scope(|scope| {
         let seq = scope.spawn(|| {
-            let disk = run.join("disk.raw");
-            copy_sparse(&images.join("image.raw"), &disk);
+            let disk = bench.fresh_disk("disk.raw");
             let mut boots = Vec::new();
             for (i, (text, host)) in [
                 (&sent[0], Host::Late),
@@ -221,58 +214,22 @@ fn run_boots() -> Boots {
             .into_iter()
             .enumerate()
             {
-                boots.push(boot(
-                    &lv,
-                    &images,
-                    &disk,
-                    sockets.path(),
-                    &format!("size{}", i + 1),
-                    "",
-                    Some(text),
-                    host,
-                ));
+                let label = format!("size{}", i + 1);
+                boots.push(bench.boot(&disk, &label, "", Some(text), host));
             }
-            let reboot = boot(
-                &lv,
-                &images,
-                &disk,
-                sockets.path(),
-                "reboot",
-                "",
-                None,
-                Host::Silent,
-            );
+            let reboot = bench.boot(&disk, "reboot", "", None, Host::Silent);
             (boots, reboot)
         });
         let other = scope.spawn(|| {
             let mut masked = Vec::new();
             for (i, text) in sent.iter().enumerate() {
-                let disk = run.join(format!("disk-masked{i}.raw"));
-                copy_sparse(&images.join("image.raw"), &disk);
-                masked.push(boot(
-                    &lv,
-                    &images,
-                    &disk,
-                    sockets.path(),
-                    &format!("masked{}", i + 1),
-                    MASK,
-                    Some(text),
-                    Host::Late,
-                ));
+                let disk = bench.fresh_disk(&format!("disk-masked{i}.raw"));
+                let label = format!("masked{}", i + 1);
+                masked.push(bench.boot(&disk, &label, MASK, Some(text), Host::Late));
                 let _ = fs::remove_file(&disk);
             }
-            let disk = run.join("disk-silent.raw");
-            copy_sparse(&images.join("image.raw"), &disk);
-            let silent = boot(
-                &lv,
-                &images,
-                &disk,
-                sockets.path(),
-                "silent",
-                "preinit.polls=3",
-                None,
-                Host::Silent,
-            );
+            let disk = bench.fresh_disk("disk-silent.raw");
+            let silent = bench.boot(&disk, "silent", "preinit.polls=3", None, Host::Silent);
             let _ = fs::remove_file(&disk);
             (masked, silent)
         });
@@ -382,29 +339,7 @@ fn read_pid(path: &Path) -> Option<u32> {
 }
 
 fn agent(lv: &Libvirtd, vm: &str, json: &str) -> Result<String, String> {
-    let out = lv.virsh(&["qemu-agent-command", vm, json]);
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
-    }
-}
-
-fn base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let n = chunk.len();
-        let v = chunk.iter().fold(0u32, |acc, &b| acc << 8 | u32::from(b)) << (8 * (3 - n));
-        for i in 0..4 {
-            if i <= n {
-                out.push(ALPHABET[(v >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+    stdout_or_stderr(&lv.virsh(&["qemu-agent-command", vm, json]))
 }
 
 /// patch.sh's sequence; returns the host's instant when guest-file-close
@@ -434,7 +369,7 @@ fn patch_sh(lv: &Libvirtd, vm: &str, text: &str, until: Instant) -> Result<Insta
         vm,
         &format!(
             r#"{{"execute":"guest-file-write","arguments":{{"handle":{handle},"buf-b64":"{}"}}}}"#,
-            base64(text.as_bytes())
+            base64_encode(text.as_bytes())
         ),
     )?;
     thread::sleep(WRITE_CLOSE_PAUSE);
@@ -494,104 +429,121 @@ impl Console {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn boot(
-    lv: &Libvirtd,
-    images: &Path,
-    disk: &Path,
-    sockets: &Path,
-    label: &str,
-    extra_cmdline: &str,
-    text: Option<&String>,
-    host: Host,
-) -> Boot {
-    let vm = format!("qga-{label}-{}", std::process::id());
-    let dir = sockets.join(label);
-    fs::create_dir_all(&dir).unwrap();
-    let console = work().join(format!("{label}.console"));
-    let xml = fs::read_to_string(repo().join("tests/libvirt_qga/system-vm.xml"))
-        .unwrap()
-        .replace("@NAME@", &vm)
-        .replace("@KERNEL@", &images.join("vmlinuz").to_string_lossy())
-        .replace("@INITRD@", &images.join("initrd.img").to_string_lossy())
-        .replace(
-            "@CMDLINE@",
-            &format!(
-                "root=/dev/vda rw console=ttyS0 quiet panic=1 imagecheck.linger=900 {extra_cmdline}"
-            ),
-        )
-        .replace("@DISK@", &disk.to_string_lossy())
-        .replace("@CONSOLE@", &console.to_string_lossy())
-        .replace("@SOCKETS@", &dir.to_string_lossy());
-    let xml_path = work().join(format!("{label}.xml"));
-    fs::write(&xml_path, xml).unwrap();
-    let mut b = Boot {
-        label: label.into(),
-        sent: text.cloned(),
-        host,
-        ..Boot::default()
-    };
-    let started = Instant::now();
-    let until = started + BOOT_LIMIT;
-    let out = lv.virsh(&["create", &xml_path.to_string_lossy()]);
-    if !out.status.success() {
-        b.error = Some(format!(
-            "virsh create failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-        return b;
+/// What every boot of the run shares.
+struct Bench {
+    images: PathBuf,
+    /// QEMU's sockets, one directory a boot: a short path, sun_path holds
+    /// 108 bytes.
+    sockets: tempfile::TempDir,
+    lv: Libvirtd,
+}
+
+impl Bench {
+    /// A fresh copy of the image's disk, `name` in work().
+    fn fresh_disk(&self, name: &str) -> PathBuf {
+        let disk = work().join(name);
+        copy_sparse(&self.images.join("image.raw"), &disk);
+        disk
     }
-    let mut con = Console {
-        path: console,
-        lines: Vec::new(),
-        offset: 0,
-    };
-    let result = (|| -> Result<(), String> {
-        if let Some(text) = text {
-            if host == Host::Late {
-                // The barrier's line saying it waits (for a first write, or
-                // for fresh data over an earlier boot's file); with the
-                // barrier masked, the cloud-preinit stand-in's.
-                let needles: &[&str] = if extra_cmdline.contains(MASK) {
-                    &["cloud-preinit stand-in: polling"]
-                } else {
-                    &["for the host to write", "is from an earlier boot"]
-                };
-                con.wait_for(needles, until)
-                    .ok_or("the guest never said it waits for the cmdline")?;
-            }
-            let closed = patch_sh(lv, &vm, text, until)?;
-            if !extra_cmdline.contains(MASK) {
-                if let Some(released) = con.wait_for(&["whole, fresh and valid"], until) {
-                    b.close_to_release = released.checked_duration_since(closed);
+
+    /// Boots `disk` (the kernel command line with `extra_cmdline`), the host
+    /// playing patch.sh with `text` at the moment `host` says, and collects
+    /// what the guest reported.
+    fn boot(
+        &self,
+        disk: &Path,
+        label: &str,
+        extra_cmdline: &str,
+        text: Option<&String>,
+        host: Host,
+    ) -> Boot {
+        let (lv, images) = (&self.lv, &self.images);
+        let vm = format!("qga-{label}-{}", std::process::id());
+        let dir = self.sockets.path().join(label);
+        fs::create_dir_all(&dir).unwrap();
+        let console = work().join(format!("{label}.console"));
+        let kernel_cmdline = format!(
+            "root=/dev/vda rw console=ttyS0 quiet panic=1 imagecheck.linger=900 {extra_cmdline}"
+        );
+        let xml = fs::read_to_string(repo().join("tests/libvirt_qga/system-vm.xml"))
+            .unwrap()
+            .replace("@NAME@", &vm)
+            .replace("@KERNEL@", &images.join("vmlinuz").to_string_lossy())
+            .replace("@INITRD@", &images.join("initrd.img").to_string_lossy())
+            .replace("@CMDLINE@", &kernel_cmdline)
+            .replace("@DISK@", &disk.to_string_lossy())
+            .replace("@CONSOLE@", &console.to_string_lossy())
+            .replace("@SOCKETS@", &dir.to_string_lossy());
+        let xml_path = work().join(format!("{label}.xml"));
+        fs::write(&xml_path, xml).unwrap();
+        let mut b = Boot {
+            label: label.into(),
+            sent: text.cloned(),
+            host,
+            ..Boot::default()
+        };
+        let started = Instant::now();
+        let until = started + BOOT_LIMIT;
+        let out = lv.virsh(&["create", &xml_path.to_string_lossy()]);
+        if !out.status.success() {
+            b.error = Some(format!(
+                "virsh create failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+            return b;
+        }
+        let mut con = Console {
+            path: console,
+            lines: Vec::new(),
+            offset: 0,
+        };
+        let result = (|| -> Result<(), String> {
+            if let Some(text) = text {
+                if host == Host::Late {
+                    // The barrier's line saying it waits (for a first write, or
+                    // for fresh data over an earlier boot's file); with the
+                    // barrier masked, the cloud-preinit stand-in's.
+                    let needles: &[&str] = if extra_cmdline.contains(MASK) {
+                        &["cloud-preinit stand-in: polling"]
+                    } else {
+                        &["for the host to write", "is from an earlier boot"]
+                    };
+                    con.wait_for(needles, until)
+                        .ok_or("the guest never said it waits for the cmdline")?;
+                }
+                let closed = patch_sh(lv, &vm, text, until)?;
+                if !extra_cmdline.contains(MASK) {
+                    if let Some(released) = con.wait_for(&["whole, fresh and valid"], until) {
+                        b.close_to_release = released.checked_duration_since(closed);
+                    }
                 }
             }
+            con.wait_for(&["@@ done"], until)
+                .ok_or("no `@@ done` within the boot limit")?;
+            Ok(())
+        })();
+        if let Err(e) = result {
+            b.error = Some(e);
         }
-        con.wait_for(&["@@ done"], until)
-            .ok_or("no `@@ done` within the boot limit")?;
-        Ok(())
-    })();
-    if let Err(e) = result {
-        b.error = Some(e);
+        con.poll();
+        b.facts = con
+            .lines
+            .iter()
+            .filter_map(|(_, l)| l.split_once("@@ ").map(|(_, f)| f.to_owned()))
+            .collect();
+        // A stop, as CloudStack's stopVirtualMachine ends it when the guest
+        // does not shut down.
+        let _ = lv.virsh(&["destroy", &vm]);
+        eprintln!(
+            "libvirt_qga: boot {label}: {:.0?}{}",
+            started.elapsed(),
+            b.error
+                .as_deref()
+                .map(|e| format!(" ({e})"))
+                .unwrap_or_default()
+        );
+        b
     }
-    con.poll();
-    b.facts = con
-        .lines
-        .iter()
-        .filter_map(|(_, l)| l.split_once("@@ ").map(|(_, f)| f.to_owned()))
-        .collect();
-    // A stop, as CloudStack's stopVirtualMachine ends it when the guest
-    // does not shut down.
-    let _ = lv.virsh(&["destroy", &vm]);
-    eprintln!(
-        "libvirt_qga: boot {label}: {:.0?}{}",
-        started.elapsed(),
-        b.error
-            .as_deref()
-            .map(|e| format!(" ({e})"))
-            .unwrap_or_default()
-    );
-    b
 }
 
 fn median(mut v: Vec<Duration>) -> Option<Duration> {

@@ -6,7 +6,7 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -26,9 +26,19 @@ pub trait Facts {
             .map(str::trim)
     }
 
-    /// The rest of the first fact line that starts with `prefix`; each
-    /// suite says in its own words that there was none.
-    fn fact(&self, prefix: &str) -> &str;
+    /// Which boot reported these facts, named when one is missing.
+    fn source(&self) -> String;
+
+    /// The rest of the first fact line that starts with `prefix`.
+    fn fact(&self, prefix: &str) -> &str {
+        self.try_fact(prefix).unwrap_or_else(|| {
+            panic!(
+                "{}: the guest reported no {prefix:?} line; facts: {:#?}",
+                self.source(),
+                self.facts()
+            )
+        })
+    }
 
     fn facts_with(&self, prefix: &str) -> Vec<&str> {
         self.facts()
@@ -52,6 +62,28 @@ pub trait Facts {
         Duration::from_micros(
             us("ExecMainExitTimestampMonotonic") - us("ExecMainStartTimestampMonotonic"),
         )
+    }
+
+    /// `unit_runtime` in seconds for a report, which must not fail on odd
+    /// stamps: 0 where a stamp does not parse or the unit has not exited.
+    fn report_runtime(&self, unit: &str) -> f64 {
+        let us = |k| self.unit(unit, k).parse::<u64>().unwrap_or(0);
+        us("ExecMainExitTimestampMonotonic").saturating_sub(us("ExecMainStartTimestampMonotonic"))
+            as f64
+            / 1e6
+    }
+
+    /// Mode, owner and content of a file from its `@@ file PATH ...` line;
+    /// None when the guest reported it missing.
+    fn file(&self, path: &str) -> Option<(String, String, Vec<u8>)> {
+        let line = self.fact(&format!("file {path} "));
+        if line == "missing" {
+            return None;
+        }
+        let mut parts = line.split_whitespace();
+        let mut next = || parts.next().unwrap_or_default();
+        let (mode, owner) = (next().to_owned(), next().to_owned());
+        Some((mode, owner, base64_decode(next())))
     }
 }
 
@@ -78,24 +110,41 @@ pub fn once<T>(
     }
 }
 
+/// The image test's build directory, which also caches the image.
+fn image_work() -> PathBuf {
+    repo().join("target/image")
+}
+
+/// Runs tests/image/`script` with `args` (its stderr shown) and returns the
+/// path it prints; `what` names the step when it fails.
+fn built_by(script: &str, args: &[&Path], what: &str) -> PathBuf {
+    let out = Command::new(repo().join("tests/image").join(script))
+        .args(args)
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run tests/image/{script}: {e}"));
+    assert!(out.status.success(), "{what} failed");
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+}
+
+/// The package, built by tests/image/build-deb.sh.
+pub fn build_deb() -> PathBuf {
+    built_by("build-deb.sh", &[&image_work()], "building the package")
+}
+
+/// The image directory for this .deb, from the cache under target/image or
+/// built now (tests/image/cached-image.sh).
+pub fn image_for(deb: &Path) -> PathBuf {
+    built_by(
+        "cached-image.sh",
+        &[deb, &image_work()],
+        "building the image",
+    )
+}
+
 /// The package and the image, built or taken from the image test's cache.
 pub fn image() -> PathBuf {
-    let image_work = repo().join("target/image");
-    let out = Command::new(repo().join("tests/image/build-deb.sh"))
-        .arg(&image_work)
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("cannot run tests/image/build-deb.sh");
-    assert!(out.status.success(), "building the package failed");
-    let deb = String::from_utf8(out.stdout).unwrap().trim().to_owned();
-    let out = Command::new(repo().join("tests/image/cached-image.sh"))
-        .arg(&deb)
-        .arg(&image_work)
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("cannot run tests/image/cached-image.sh");
-    assert!(out.status.success(), "building the image failed");
-    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+    image_for(&build_deb())
 }
 
 pub fn copy_sparse(from: &Path, to: &Path) {
@@ -108,12 +157,32 @@ pub fn copy_sparse(from: &Path, to: &Path) {
     assert!(st.success(), "cannot copy {}", from.display());
 }
 
+const BASE64: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+/// For qemu-ga's `buf-b64`, as `base64 -w 0` gives it.
+pub fn base64_encode(bytes: &[u8]) -> String {
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |acc, (i, &b)| acc | u32::from(b) << (16 - 8 * i));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(BASE64[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
 pub fn base64_decode(s: &str) -> Vec<u8> {
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = Vec::new();
     let (mut acc, mut bits) = (0u32, 0);
     for c in s.bytes().filter(|&c| c != b'=') {
-        let v = ALPHABET.iter().position(|&a| a == c).expect("bad base64") as u32;
+        let v = BASE64.iter().position(|&a| a == c).expect("bad base64") as u32;
         acc = acc << 6 | v;
         bits += 6;
         if bits >= 8 {
@@ -122,4 +191,15 @@ pub fn base64_decode(s: &str) -> Vec<u8> {
         }
     }
     out
+}
+
+/// A command's trimmed stdout when it succeeded, else its trimmed stderr
+/// (virsh's reply or its error).
+pub fn stdout_or_stderr(out: &Output) -> Result<String, String> {
+    let text = |b: &[u8]| String::from_utf8_lossy(b).trim().to_owned();
+    if out.status.success() {
+        Ok(text(&out.stdout))
+    } else {
+        Err(text(&out.stderr))
+    }
 }
