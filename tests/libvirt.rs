@@ -548,7 +548,7 @@ fn domain_xml(
         .replace("@NAME@", name)
         .replace("@UUID@", uuid.trim())
         .replace("@SOCKETS@", SOCKETS)
-        .replace("@KERNEL@", images.join("vmlinuz").to_str().unwrap())
+        .replace("@KERNEL@", images.join("vmlinux").to_str().unwrap())
         .replace("@INITRD@", images.join("initrd.img").to_str().unwrap())
         .replace("@CMDLINE@", &cmdline)
         .replace("@DISK@", disk.to_str().unwrap())

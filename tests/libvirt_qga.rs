@@ -468,7 +468,7 @@ impl Bench {
         let xml = fs::read_to_string(repo().join("tests/libvirt_qga/system-vm.xml"))
             .unwrap()
             .replace("@NAME@", &vm)
-            .replace("@KERNEL@", &images.join("vmlinuz").to_string_lossy())
+            .replace("@KERNEL@", &images.join("vmlinux").to_string_lossy())
             .replace("@INITRD@", &images.join("initrd.img").to_string_lossy())
             .replace("@CMDLINE@", &kernel_cmdline)
             .replace("@DISK@", &disk.to_string_lossy())

@@ -4,7 +4,8 @@
 #   tests/image/build-image.sh DEB OUT_DIR
 #
 # leaves OUT_DIR/image.raw (ext4, the whole disk is the root filesystem),
-# OUT_DIR/vmlinuz and OUT_DIR/initrd.img (the image's own kernel and initrd).
+# OUT_DIR/vmlinuz and OUT_DIR/initrd.img (the image's own kernel and initrd),
+# and OUT_DIR/vmlinux, the kernel the tests boot (tests/vm/pvh-kernel.sh).
 # Needs root, mmdebstrap and e2fsprogs; no loop mounts.
 #
 # dbus is there as in a real template: qemu-guest-agent's guest-shutdown
@@ -23,7 +24,7 @@ guest=$here/guest
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
 tree=$out/tree
-rm -rf "$tree" "$out/image.raw" "$out/vmlinuz" "$out/initrd.img"
+rm -rf "$tree" "$out/image.raw" "$out/vmlinuz" "$out/vmlinux" "$out/initrd.img"
 
 # Smaller and faster: no docs or locales, no kernel
 # modules for hardware a VM does not have, an initrd with what a virtio
@@ -68,6 +69,7 @@ mmdebstrap --variant=minbase --mode=root \
     bookworm "$tree"
 
 cp "$(realpath "$tree/vmlinuz")" "$out/vmlinuz"
+"$here/../vm/pvh-kernel.sh" "$out/vmlinuz" "$out/vmlinux"
 cp "$(realpath "$tree/initrd.img")" "$out/initrd.img"
 size=$(du -sm "$tree" | cut -f1)
 mke2fs -q -t ext4 -L root -d "$tree" "$out/image.raw" "$((size + size / 2 + 64))M"

@@ -6,13 +6,13 @@
 #
 # The cache key is the sha256 of the .deb (reproducible: dpkg-buildpackage
 # clamps file times to the changelog date) and of the image recipe
-# (build-image.sh, guest/). One image is kept: older ones are removed.
+# (build-image.sh, guest/, ../vm/pvh-kernel.sh). One image is kept: older ones are removed.
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 deb=$(realpath "$1")
 out=$(mkdir -p "${2:-$here/../../target/image}" && cd "${2:-$here/../../target/image}" && pwd)
 
-key=$(cd "$here" && sha256sum "$deb" build-image.sh guest/* | sed 's| .*/| |' | sha256sum | cut -c1-16)
+key=$(cd "$here" && sha256sum "$deb" build-image.sh guest/* ../vm/pvh-kernel.sh | sed 's| .*/| |' | sha256sum | cut -c1-16)
 dir=$out/image-$key
 if [ -f "$dir/complete" ]; then
     echo "cached-image: using $dir" >&2

@@ -4,7 +4,7 @@
 #
 #   tests/image/run-vm.sh IMAGE_DIR DISK RUN_DIR VM_NAME [QEMU_ARG...]
 #
-# IMAGE_DIR holds vmlinuz and initrd.img, DISK is the raw root disk (written
+# IMAGE_DIR holds vmlinux and initrd.img, DISK is the raw root disk (written
 # to). QEMU listens (libvirt's <source mode='bind'>) on
 # RUN_DIR/VM_NAME.agent for the guest's VM_NAME.vport port and on
 # RUN_DIR/VM_NAME.org.qemu.guest_agent.0 for qemu-guest-agent's port. The
@@ -26,7 +26,7 @@ vport="-chardev socket,id=charchannel1,path=$run/$vm.agent,server=on,wait=off
 exec qemu-system-x86_64 \
     -machine pc,accel=tcg -cpu max -smp 1 -m 768 \
     -display none -monitor none -serial stdio -no-reboot \
-    -kernel "$images/vmlinuz" -initrd "$images/initrd.img" \
+    -kernel "$images/vmlinux" -initrd "$images/initrd.img" \
     -append "root=/dev/vda rw console=ttyS0 quiet panic=1 imagecheck.linger=${IMAGE_CHECK_LINGER:-60}" \
     -drive "file=$disk,format=raw,if=virtio" \
     -nic none \

@@ -8,6 +8,8 @@
 #   vmlinuz, modules/    Debian bookworm's kernel and its virtio modules,
 #                        from linux-image-amd64 or linux-image-arm64
 #                        (downloaded and unpacked, never installed);
+#   vmlinux              (x86_64) that kernel uncompressed, which QEMU
+#                        boots at its PVH entry (pvh-kernel.sh);
 #   initramfs.gz         busybox-static (the arm64 one downloaded the same
 #                        way), those modules, the static musl build of
 #                        vport-bootargs for that architecture and
@@ -101,7 +103,7 @@ fi
 
 if [ "$(cat "$out/kernel.pkg" 2>/dev/null)" != "$pkg" ] || [ ! -f "$out/vmlinuz" ]; then
     say "fetching $pkg"
-    rm -rf "$out/dl" "$out/modules" "$out/vmlinuz" "$out/kernel.pkg"
+    rm -rf "$out/dl" "$out/modules" "$out/vmlinuz" "$out/vmlinux" "$out/kernel.pkg"
     mkdir -p "$out/dl/root"
     # apt-get download as root warns that _apt cannot write here; harmless.
     (cd "$out/dl" && apt-get download -q "$pkg:$debarch" >&2)
@@ -122,6 +124,16 @@ if [ "$(cat "$out/kernel.pkg" 2>/dev/null)" != "$pkg" ] || [ ! -f "$out/vmlinuz"
     echo "$kver" >"$out/kernel.version"
     rm -rf "$out/dl"
     echo "$pkg" >"$out/kernel.pkg"
+fi
+
+# What -kernel boots: on x86_64 the uncompressed kernel at its PVH entry
+# when it has one (pvh-kernel.sh), else vmlinuz.
+kernel=$out/vmlinuz
+if [ "$arch" = x86_64 ]; then
+    kernel=$out/vmlinux
+    if [ ! -f "$kernel" ] || [ "$out/vmlinuz" -nt "$kernel" ] || [ "$here/pvh-kernel.sh" -nt "$kernel" ]; then
+        "$here/pvh-kernel.sh" "$out/vmlinuz" "$kernel"
+    fi
 fi
 
 # The order above must satisfy each module's own depends= (modinfo field).
@@ -198,7 +210,7 @@ cat >"$out/manifest.new" <<EOF
 arch=$arch
 qemu=$qemu
 rust_target=$musl
-kernel=$out/vmlinuz
+kernel=$kernel
 initrd=$out/initramfs.gz
 kernel_package=$pkg
 kernel_version=$(cat "$out/kernel.version")
