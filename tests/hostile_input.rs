@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use common::{code, run_guarded as run, stderr, stdout, Tree, BIN, KEY_NEW as KEY, PORT};
+use common::{code, run_guarded as run, stderr, stdout, Tree, BIN, GUARD, KEY_NEW as KEY, PORT};
 use nix::fcntl::{fcntl, FcntlArg};
 use nix::sys::stat::Mode;
 
@@ -730,7 +730,7 @@ fn huge_durations_in_option_structs_do_not_overflow() {
         f.write_all(&message()).unwrap();
         std::thread::sleep(Duration::from_millis(300));
     });
-    let outcome = fetch(&opts).unwrap();
+    let outcome = within_guard("fetch", move || fetch(&opts)).unwrap();
     writer.join().unwrap();
     assert!(
         matches!(outcome, Outcome::Stored { pubkey: true, .. }),
@@ -758,6 +758,23 @@ fn huge_durations_in_option_structs_do_not_overflow() {
         retry: Duration::MAX,
         wait_taken: Duration::MAX,
     };
-    send(&opts).unwrap();
+    within_guard("send", move || send(&opts)).unwrap();
     guest.join().unwrap();
+}
+
+/// Runs `f` in a thread of its own and returns what it returns; a run that
+/// takes longer than GUARD fails the test instead of hanging it (the
+/// durations above never end a wait).
+fn within_guard<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    match rx.recv_timeout(GUARD) {
+        Ok(v) => v,
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+            panic!("{what} did not return within {GUARD:?}")
+        }
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => panic!("{what} panicked"),
+    }
 }
