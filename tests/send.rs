@@ -469,3 +469,64 @@ fn silent_guest_until_the_deadline_is_exit_69() {
     assert!(err.contains("no ack came back"), "{err}");
     assert_eq!(server.join().unwrap(), sent(CMDLINE));
 }
+
+/// QEMU's side holding the connection without reading: it waits until the
+/// message is queued to it (poll, never a read), then hands the stream to
+/// `then`.
+fn hold_unread(then: impl FnOnce(UnixStream) + Send + 'static) -> impl FnOnce(UnixStream) {
+    move |stream: UnixStream| {
+        let mut fds = [PollFd::new(stream.as_fd(), PollFlags::POLLIN)];
+        let ready = poll(&mut fds, PollTimeout::try_from(GUARD).unwrap()).unwrap();
+        assert!(ready > 0, "nothing was written within {GUARD:?}");
+        then(stream)
+    }
+}
+
+#[test]
+fn message_qemu_never_takes_is_exit_75_after_wait_taken() {
+    let host = Host::new();
+    // A guest that does not hold its port: QEMU accepts, reads nothing, and
+    // stays until send has given up.
+    let (done, gave_up) = std::sync::mpsc::channel::<()>();
+    let qemu = host.serve(hold_unread(move |stream| {
+        let _ = gave_up.recv_timeout(GUARD);
+        drop(stream);
+    }));
+    let out = host.run(&["--wait-taken", "0.5", "-p", CMDLINE]);
+    drop(done);
+    qemu.join().unwrap();
+    assert_eq!(out.status.code(), Some(75), "{}", stderr(&out));
+}
+
+#[test]
+fn qemu_closing_before_taking_the_message_is_exit_69() {
+    let host = Host::new();
+    // The VM stops while the message waits in QEMU's socket: QEMU closes
+    // with the bytes unread.
+    let qemu = host.serve(hold_unread(drop));
+    let out = host.run(&["--wait-taken", "30", "-p", CMDLINE]);
+    qemu.join().unwrap();
+    assert_eq!(out.status.code(), Some(69), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("QEMU closed the connection before taking the message"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn key_whose_comment_holds_cmdline_is_exit_65_and_nothing_is_sent() {
+    let host = Host::new();
+    let listener = host.listen();
+    let (kind, base64) = KEY.split_once(' ').unwrap();
+    let base64 = base64.split(' ').next().unwrap();
+    fs::write(host.key(), format!("{kind} {base64} admin cmdline:x=1\n")).unwrap();
+    let out = host.run(&["-p", CMDLINE]);
+    assert_eq!(out.status.code(), Some(65), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("contains \"cmdline:\" or \"pubkey:\""),
+        "{}",
+        stderr(&out)
+    );
+    assert_nothing_connected(&listener);
+}

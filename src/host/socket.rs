@@ -186,6 +186,18 @@ pub(super) enum Taken {
     Closed,
 }
 
+/// Nothing is left unread: the peer read it all, or it closed and the
+/// kernel freed what it had not read, which SIOCOUTQ cannot tell apart. The
+/// kernel marks the second: a peer that closes with bytes unread sets
+/// ECONNRESET on this socket before freeing them (unix_release_sock).
+fn taken_or_discarded(stream: &UnixStream) -> io::Result<Taken> {
+    match stream.take_error()? {
+        Some(e) if e.raw_os_error() == Some(Errno::ECONNRESET as i32) => Ok(Taken::Closed),
+        Some(e) => Err(e),
+        None => Ok(Taken::All),
+    }
+}
+
 /// Waits until the peer has read everything written to `stream`, or
 /// `deadline`. Each skb the peer consumes wakes the socket's writers
 /// (unix_write_space, EPOLLOUT), so an edge-triggered epoll sleeps until
@@ -196,9 +208,8 @@ pub(super) fn wait_taken(stream: &UnixStream, deadline: Instant) -> io::Result<T
     let flags = EpollFlags::EPOLLOUT | EpollFlags::EPOLLRDHUP | EpollFlags::EPOLLET;
     epoll.add(stream.as_fd(), EpollEvent::new(flags, 0))?;
     loop {
-        let left = unread(stream)?;
-        if left == 0 {
-            return Ok(Taken::All);
+        if unread(stream)? == 0 {
+            return taken_or_discarded(stream);
         }
         let now = Instant::now();
         if now >= deadline {
@@ -213,11 +224,11 @@ pub(super) fn wait_taken(stream: &UnixStream, deadline: Instant) -> io::Result<T
                     .intersects(EpollFlags::EPOLLHUP | EpollFlags::EPOLLRDHUP) =>
             {
                 // Hung up: what it did not read is gone, unless it read it all.
-                return Ok(if unread(stream)? == 0 {
-                    Taken::All
+                return if unread(stream)? == 0 {
+                    taken_or_discarded(stream)
                 } else {
-                    Taken::Closed
-                });
+                    Ok(Taken::Closed)
+                };
             }
             Ok(_) | Err(Errno::EINTR) => {}
             Err(e) => return Err(e.into()),

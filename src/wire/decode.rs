@@ -463,6 +463,19 @@ mod tests {
     }
 
     #[test]
+    fn cut_line_joined_to_a_resend_over_the_limit_is_refused() {
+        // Each part alone is under the line limit; joined they are not, and
+        // the line is refused as the bytes arrive, before its newline.
+        let cut = format!("cmdline:{}", "a=1 ".repeat((MAX_LINE - 1000) / 4));
+        let resend = format!("cmdline:{}\n", "b=2 ".repeat(2000 / 4));
+        let mut d = Decoder::new();
+        d.feed(cut.as_bytes()).unwrap();
+        let err = d.feed(&resend.as_bytes()[..resend.len() - 1]).unwrap_err();
+        assert_eq!(err, ProtocolError::LineTooLong { line: 1 });
+        assert!(d.pending() <= MAX_LINE + resend.len());
+    }
+
+    #[test]
     fn join_drops_the_cut_messages_earlier_lines_too() {
         let cut = format!("pubkey:{KEY}\ncmdline:a=1 b");
         let m = decode(format!("{cut}cmdline:a=1 b=2\n").as_bytes())
