@@ -19,5 +19,3 @@ DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
 
 rustup component add rustfmt clippy
 rustup target add x86_64-unknown-linux-musl aarch64-unknown-linux-musl
-# cargo-fuzz for tests/fuzz.sh (built from crates.io; kept across runs).
-command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz

@@ -14,7 +14,11 @@
 # machines this runs on. IMAGE_CHECK_LINGER (seconds, default 60) is how
 # long the guest waits after its report before powering itself off.
 # IMAGE_CHANNELS=ga-only leaves the *.vport channel out, as CloudStack 4.11.3
-# and later define the VM (only org.qemu.guest_agent.0).
+# and later define the VM (only org.qemu.guest_agent.0). IMAGE_APPEND adds
+# words to the kernel command line: imagecheck.analyze=1 has the guest's
+# report run systemd-analyze verify and security as well (seconds of guest
+# CPU under TCG, so only where a test reads them), preinit.polls=N shortens
+# the cloud-preinit stand-in's wait for a cmdline.
 set -eu
 images=$1 disk=$2 run=$3 vm=$4
 shift 4
@@ -27,7 +31,7 @@ exec qemu-system-x86_64 \
     -machine pc,accel=tcg -cpu max -smp 1 -m 768 \
     -display none -monitor none -serial stdio -no-reboot \
     -kernel "$images/vmlinux" -initrd "$images/initrd.img" \
-    -append "root=/dev/vda rw console=ttyS0 quiet panic=1 imagecheck.linger=${IMAGE_CHECK_LINGER:-60}" \
+    -append "root=/dev/vda rw console=ttyS0 quiet panic=1 imagecheck.linger=${IMAGE_CHECK_LINGER:-60} ${IMAGE_APPEND:-}" \
     -drive "file=$disk,format=raw,if=virtio" \
     -nic none \
     -device virtio-serial-pci,id=virtio-serial0 \
