@@ -283,3 +283,45 @@ fn the_command_line_runs_it() {
     assert_eq!(out.status.code(), Some(0), "{err}");
     assert!(err.contains("whole, fresh and valid"), "{err}");
 }
+
+#[test]
+fn a_released_file_is_flushed_to_disk_with_its_directory() {
+    // qemu-ga never fsyncs; without this a forced stop after the release
+    // left the next boot a cut file (tests/libvirt_qga.rs, reboot).
+    let b = Bench::new();
+    fs::write(b.cmdline(), "type=secstorage\n").unwrap();
+    let log = b.tree.root().join("strace.log");
+    let barrier = {
+        let mut c = b.tree.cmd("barrier");
+        c.arg("--proc-root")
+            .arg(&b.proc_root)
+            .arg("--cache-dir")
+            .arg(b.tree.cache())
+            .args(["--timeout", "5"]);
+        c
+    };
+    let out = std::process::Command::new("strace")
+        .args(["-f", "-qq", "-y", "-e", "trace=fsync,fdatasync", "-o"])
+        .arg(&log)
+        .arg("--")
+        .arg(barrier.get_program())
+        .args(barrier.get_args())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("strace is needed for this test (apt-get install strace)");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let log = fs::read_to_string(&log).unwrap();
+    for synced in [b.cmdline(), b.tree.cache()] {
+        let fd = format!("<{}>)", synced.display());
+        assert!(
+            log.lines().any(|l| l.contains("fsync(") && l.contains(&fd)),
+            "no fsync of {}:\n{log}",
+            synced.display()
+        );
+    }
+}

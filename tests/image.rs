@@ -1036,9 +1036,14 @@ fn run_ga_only() -> GaOnly {
         &[
             ("IMAGE_CHECK_LINGER", "900"),
             ("IMAGE_CHANNELS", "ga-only"),
-            // The host writes only after the report, so the stand-in's 60
-            // one-second polls for a cmdline would only wait.
-            ("IMAGE_APPEND", "preinit.polls=3"),
+            // The host writes only after the report, so the barrier's 45 s
+            // deadline and the stand-in's 60 one-second polls for a cmdline
+            // would only wait; tests/libvirt_qga.rs tests the barrier in this
+            // layout, host writes and deadline alike.
+            (
+                "IMAGE_APPEND",
+                "preinit.polls=3 systemd.mask=vport-bootargs-barrier.service",
+            ),
         ],
         &[
             "-qmp",
