@@ -8,10 +8,11 @@
 #   tests/fuzz.sh                 # 20 s per target, 3 targets: about 60 s
 #   FUZZ_SECS=300 tests/fuzz.sh   # longer, by hand
 #
-# Builds the targets as `cargo fuzz build` does (the same RUSTFLAGS:
-# SanitizerCoverage, AddressSanitizer, --cfg fuzzing; release with line
-# tables, one codegen unit), with plain cargo, so that a fresh machine need
-# not build cargo-fuzz first. libFuzzer needs unstable compiler flags;
+# Builds the targets as `cargo fuzz build` does (cargo-fuzz 0.13's
+# RUSTFLAGS: SanitizerCoverage, AddressSanitizer, --cfg fuzzing, debug
+# assertions and so overflow checks; release with line tables, one codegen
+# unit), with plain cargo, so that a fresh machine need not build cargo-fuzz
+# first. libFuzzer needs unstable compiler flags;
 # RUSTC_BOOTSTRAP=1 lets the stable toolchain accept them. A failing input is
 # saved in fuzz/artifacts/<target>/ and replayed by running the target's
 # binary (target/fuzz/<host triple>/release/<target>) on that file, or with
@@ -31,7 +32,7 @@ RUSTFLAGS="-Cpasses=sancov-module \
 -Cllvm-args=-sanitizer-coverage-trace-compares \
 -Cllvm-args=-sanitizer-coverage-stack-depth \
 -Cllvm-args=-simplifycfg-branch-fold-threshold=0 \
---cfg fuzzing -Zsanitizer=address -Ccodegen-units=1" \
+--cfg fuzzing -Zsanitizer=address -Ccodegen-units=1 -Cdebug-assertions" \
     cargo build --manifest-path Cargo.toml --target "$triple" --release \
     --config 'profile.release.debug="line-tables-only"' \
     --bins --target-dir "$out"

@@ -239,7 +239,8 @@ impl PortReader {
         match line {
             Line::Cmdline => info!("received a cmdline line"),
             Line::Pubkey => info!("received a pubkey line"),
-            Line::Empty => debug!("ignored an empty line"),
+            Line::Empty { lines: 1 } => debug!("ignored an empty line"),
+            Line::Empty { lines } => debug!("ignored {lines} empty lines"),
             Line::Unknown(start) => debug!("ignored a line with an unknown prefix: {start:?}"),
             Line::Joined { dropped } => info!(
                 "a cut line ran into the host's resend: dropped {dropped} bytes of it (and the cut message's \
