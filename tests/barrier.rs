@@ -284,31 +284,36 @@ fn the_command_line_runs_it() {
     assert!(err.contains("whole, fresh and valid"), "{err}");
 }
 
-#[test]
-fn a_released_file_is_flushed_to_disk_with_its_directory() {
-    // qemu-ga never fsyncs; without this a forced stop after the release
-    // left the next boot a cut file (tests/libvirt_qga.rs, reboot).
-    let b = Bench::new();
+/// `barrier` on `b`'s tree, with a fresh file there, under `strace -f -qq
+/// -y <args>`.
+fn barrier_under_strace(b: &Bench, args: &[&str]) -> std::process::Output {
     fs::write(b.cmdline(), "type=secstorage\n").unwrap();
-    let log = b.tree.root().join("strace.log");
-    let barrier = {
-        let mut c = b.tree.cmd("barrier");
-        c.arg("--proc-root")
-            .arg(&b.proc_root)
-            .arg("--cache-dir")
-            .arg(b.tree.cache())
-            .args(["--timeout", "5"]);
-        c
-    };
-    let out = std::process::Command::new("strace")
-        .args(["-f", "-qq", "-y", "-e", "trace=fsync,fdatasync", "-o"])
-        .arg(&log)
+    let mut barrier = b.tree.cmd("barrier");
+    barrier
+        .arg("--proc-root")
+        .arg(&b.proc_root)
+        .arg("--cache-dir")
+        .arg(b.tree.cache())
+        .args(["--timeout", "5"]);
+    std::process::Command::new("strace")
+        .args(["-f", "-qq", "-y"])
+        .args(args)
         .arg("--")
         .arg(barrier.get_program())
         .args(barrier.get_args())
         .stdin(std::process::Stdio::null())
         .output()
-        .expect("strace is needed for this test (apt-get install strace)");
+        .expect("strace is needed for this test (apt-get install strace)")
+}
+
+#[test]
+fn a_released_file_is_flushed_to_disk_with_its_directory() {
+    // qemu-ga never fsyncs; without this a forced stop after the release
+    // left the next boot a cut file (tests/libvirt_qga.rs, reboot).
+    let b = Bench::new();
+    let log = b.tree.root().join("strace.log");
+    let log_arg = log.to_str().unwrap();
+    let out = barrier_under_strace(&b, &["-e", "trace=fsync,fdatasync", "-o", log_arg]);
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -324,4 +329,26 @@ fn a_released_file_is_flushed_to_disk_with_its_directory() {
             synced.display()
         );
     }
+}
+
+#[test]
+fn a_failed_flush_is_one_line_and_the_boot_goes_on() {
+    let b = Bench::new();
+    let args = [
+        "-o",
+        "/dev/null",
+        "-e",
+        "trace=fsync",
+        "-e",
+        "inject=fsync:error=EIO",
+    ];
+    let out = barrier_under_strace(&b, &args);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("cannot flush the file"), "{err}");
+    assert!(err.contains("whole, fresh and valid"), "{err}");
+    assert_eq!(
+        fs::read_to_string(b.cmdline()).unwrap(),
+        "type=secstorage\n"
+    );
 }
