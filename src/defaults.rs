@@ -43,3 +43,11 @@ pub const PUBKEY_FILE: &str = "/root/.ssh/id_rsa.pub.cloud";
 /// `send` without `--wait-ack`: seconds to wait for QEMU to take the bytes
 /// before closing; under the 5 s the CloudStack agent gives the script.
 pub const WAIT_TAKEN_SECS: f64 = 4.0;
+
+/// `send --guest-agent` (patch.sh's place): the file it writes in the
+/// guest, the virsh it runs, and how long the whole delivery may take, from
+/// the start to the confirmed read-back; under the 300 s after which the
+/// CloudStack agent kills patch.sh, so that our one line says why first.
+pub const GUEST_CMDLINE_PATH: &str = "/var/cache/cloud/cmdline";
+pub const VIRSH: &str = "virsh";
+pub const WAIT_AGENT_SECS: f64 = 240.0;

@@ -31,6 +31,12 @@ pub mod exit {
     /// EX_NOHOST: `send` found no socket for the VM (not running, or a wrong
     /// name or directory).
     pub const NOHOST: i32 = 68;
+    /// EX_CANTCREAT: `send --guest-agent` read the file back from the guest
+    /// and it differed from what was written, every time.
+    pub const CANTCREAT: i32 = 73;
+    /// EX_CONFIG: `send --guest-agent`: the domain has no guest agent
+    /// channel (org.qemu.guest_agent.0) in its XML.
+    pub const CONFIG: i32 = 78;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -121,6 +127,53 @@ pub enum Error {
     #[error("{0}")]
     Unavailable(String),
 
+    #[error("domain {vm}: {detail} (virsh domstate/dumpxml; is it defined on this host, under that name?)")]
+    NoDomain { vm: String, detail: String },
+
+    #[error("domain {vm} is not running (virsh domstate says {state:?}); start it first")]
+    NotRunning { vm: String, state: String },
+
+    #[error(
+        "domain {vm} has no guest agent channel (<channel> with target name='org.qemu.guest_agent.0') in its XML; nothing can write the cmdline through qemu-ga"
+    )]
+    NoAgentChannel { vm: String },
+
+    #[error(
+        "the guest agent of domain {vm} did not connect within {secs} s (its channel is never state='connected'): is qemu-guest-agent installed and enabled in the template?"
+    )]
+    AgentNotConnected { vm: String, secs: f64 },
+
+    #[error(
+        "the guest agent of domain {vm} was connected but did not answer within {secs} s: {detail}"
+    )]
+    AgentNotAnswering {
+        vm: String,
+        secs: f64,
+        detail: String,
+    },
+
+    #[error("domain {vm}: guest-sync with id {sent} was answered {got}; another client on the agent's channel?")]
+    SyncMismatch { vm: String, sent: u64, got: String },
+
+    #[error("{vm}:{path}: {command} failed: {detail}")]
+    GuestFile {
+        vm: String,
+        path: String,
+        command: &'static str,
+        detail: String,
+    },
+
+    #[error(
+        "{vm}:{path}: read back {got} bytes that differ from the {sent} written, after {writes} write(s); the guest's file is not what was sent"
+    )]
+    ReadBackDiffers {
+        vm: String,
+        path: String,
+        sent: usize,
+        got: usize,
+        writes: u32,
+    },
+
     #[error(
         "{path}: QEMU had not taken the message from the socket after {secs} s (the guest does not \
          hold its port open yet); closing, so QEMU drops it: nothing was delivered, send again"
@@ -155,6 +208,12 @@ impl Error {
             Error::NoSocket { .. } | Error::NoChannel { .. } => exit::NOHOST,
             Error::NoPermission { .. } => exit::NOPERM,
             Error::Protocol(_) => exit::PROTOCOL,
+            Error::NoDomain { .. } | Error::NotRunning { .. } => exit::NOHOST,
+            Error::NoAgentChannel { .. } => exit::CONFIG,
+            Error::AgentNotConnected { .. } | Error::AgentNotAnswering { .. } => exit::UNAVAILABLE,
+            Error::SyncMismatch { .. } => exit::PROTOCOL,
+            Error::GuestFile { .. } => exit::IO,
+            Error::ReadBackDiffers { .. } => exit::CANTCREAT,
         }
     }
 }

@@ -75,7 +75,10 @@ pub enum Command {
         #[arg(long, value_name = "DIR", default_value = defaults::CACHE_DIR)]
         cache_dir: PathBuf,
     },
-    /// Host side: send the parameters to a VM's socket (replaces patchviasocket.py).
+    /// Host side: send the parameters to a VM's socket (replaces
+    /// patchviasocket.py), or with --guest-agent write them through the QEMU
+    /// guest agent and read them back (replaces patch.sh).
+    #[command(after_help = SEND_EXAMPLES)]
     Send(SendArgs),
     /// Where the host has no *.vport channel and writes the cmdline through
     /// the QEMU guest agent: wait until that file is whole, fresh and valid.
@@ -169,8 +172,15 @@ pub struct FetchArgs {
     pub fifo_stand_in: bool,
 }
 
+const SEND_EXAMPLES: &str = "Examples:
+  CloudStack 4.9 to 4.11.2, in place of patchviasocket.py:
+    vport-bootargs send -n s-1-VM -p 'template=domP%type=secstorage' --wait-ack 4
+  CloudStack 4.11.3 and later, in place of patch.sh (the same -n and -c):
+    vport-bootargs send --guest-agent -n s-1-VM -c 'template=domP type=secstorage'";
+
 /// Arguments of `send`: patchviasocket.py's `-n VM -p CMDLINE` work as they
-/// are; the rest is optional.
+/// are, and with `--guest-agent` patch.sh's `-n VM -c CMDLINE`; the rest is
+/// optional.
 #[derive(Debug, Args)]
 pub struct SendArgs {
     /// The VM's name; the socket is <socket-dir>/<VM>.agent.
@@ -182,8 +192,13 @@ pub struct SendArgs {
     )]
     pub vm: Option<String>,
     /// The cmdline, one line; `%` stands for a space, as in patchviasocket.py.
-    #[arg(short = 'p', long = "cmdline", value_name = "TEXT")]
-    pub cmdline: String,
+    #[arg(
+        short = 'p',
+        long = "cmdline",
+        value_name = "TEXT",
+        required_unless_present = "guest_agent"
+    )]
+    pub cmdline: Option<String>,
     /// Keep `%` as it is instead of turning it into a space.
     #[arg(long)]
     pub raw: bool,
@@ -211,6 +226,31 @@ pub struct SendArgs {
     /// The default fits the CloudStack agent's 5 s limit on the script.
     #[arg(long, value_name = "SECS", value_parser = secs, default_value_t = defaults::WAIT_TAKEN_SECS)]
     pub wait_taken: f64,
+    /// In place of CloudStack's patch.sh (4.11.3 and later, no *.vport
+    /// channel): write the cmdline to a file in the guest through the QEMU
+    /// guest agent, with `virsh`, and read it back; exit 0 only when it
+    /// reads back the same. Takes patch.sh's -n VM -c CMDLINE.
+    #[arg(
+        long,
+        requires = "agent_cmdline",
+        conflicts_with_all = ["cmdline", "raw", "socket", "socket_dir", "pubkey_file", "no_pubkey", "wait_ack", "wait_taken"]
+    )]
+    pub guest_agent: bool,
+    /// --guest-agent: the cmdline, as patch.sh's -c: its words are written
+    /// joined by single spaces, with a newline, as patch.sh's `echo` does.
+    #[arg(short = 'c', value_name = "CMDLINE", requires = "guest_agent")]
+    pub agent_cmdline: Option<String>,
+    /// --guest-agent: the file in the guest.
+    #[arg(long, value_name = "PATH", default_value = defaults::GUEST_CMDLINE_PATH, requires = "guest_agent")]
+    pub path: String,
+    /// --guest-agent: the virsh to run (for another connection URI, a
+    /// wrapper script that runs `virsh -c URI "$@"`).
+    #[arg(long, value_name = "PATH", default_value = defaults::VIRSH, requires = "guest_agent")]
+    pub virsh: PathBuf,
+    /// --guest-agent: the whole delivery's deadline, from the start until
+    /// the read-back matched, waiting for the agent to connect included.
+    #[arg(long, value_name = "SECS", value_parser = secs, default_value_t = defaults::WAIT_AGENT_SECS, requires = "guest_agent")]
+    pub wait_agent: f64,
 }
 
 fn secs(s: &str) -> std::result::Result<f64, String> {

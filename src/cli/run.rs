@@ -12,7 +12,7 @@ use crate::guest::fetch::{self, FetchOptions, Outcome};
 use crate::guest::ports::Selector;
 use crate::guest::store::{self, Targets};
 use crate::guest::{cmdline, ports};
-use crate::host::{self, SendRequest, Target};
+use crate::host::{self, qga, AgentOptions, SendRequest, Target};
 
 /// Runs the parsed command; returns the exit code for a success or a "not
 /// found" (`get`), and an error for everything else.
@@ -134,6 +134,24 @@ pub fn run(cli: Cli) -> Result<i32> {
             barrier::barrier(&opts)?;
             Ok(exit::OK)
         }
+        Command::Send(args) if args.guest_agent => {
+            let (Some(vm), Some(cmdline)) = (args.vm, args.agent_cmdline) else {
+                return Err(Error::Usage(
+                    "send --guest-agent needs -n VM and -c CMDLINE".into(),
+                ));
+            };
+            let text = qga::patch_sh_text(&cmdline).ok_or_else(|| {
+                Error::Usage("send --guest-agent: -c CMDLINE is empty (no words)".into())
+            })?;
+            host::deliver(&AgentOptions {
+                vm,
+                text,
+                path: args.path,
+                virsh: args.virsh,
+                wait: Duration::from_secs_f64(args.wait_agent),
+            })?;
+            Ok(exit::OK)
+        }
         Command::Send(args) => {
             let target = match (args.socket, args.vm) {
                 (Some(path), _) => Target::Socket(path),
@@ -147,7 +165,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             };
             let request = SendRequest {
                 target,
-                cmdline: args.cmdline,
+                cmdline: args.cmdline.unwrap_or_default(),
                 raw: args.raw,
                 pubkey_file: (!args.no_pubkey).then_some(args.pubkey_file),
                 wait_ack: args.wait_ack.map(Duration::from_secs_f64),

@@ -21,10 +21,18 @@
 //! message is sent again on each new connection.
 //!
 //! The format itself (encoding, checks, acks) is in [`crate::wire`].
+//!
+//! `send --guest-agent` is the other host path, in place of CloudStack's
+//! patch.sh (4.11.3 and later, no `*.vport` channel): [`agent`] drives
+//! `virsh` to write the cmdline file through the QEMU guest agent and read
+//! it back; [`qga`] is its pure part (the agent's JSON, the domain's XML).
 
+pub mod agent;
+pub mod qga;
 pub mod request;
 pub mod session;
 pub mod socket;
 
+pub use agent::{deliver, AgentOptions, Delivered};
 pub use request::{resolve, socket_for, spaces_for_percent, SendRequest, Target};
 pub use session::{send, Outcome, SendOptions, RETRY_INTERVAL};
