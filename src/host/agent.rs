@@ -195,6 +195,9 @@ impl Delivery<'_> {
                     self.wait_connected(waiter)?;
                 }
                 Err(Gone::Fatal(e)) => return Err(e),
+                Err(Gone::Refused(e)) => {
+                    return Err(Error::Unavailable(format!("virsh qemu-agent-command: {e}")))
+                }
             }
         }
     }
@@ -289,8 +292,10 @@ impl Delivery<'_> {
             .at
             .unwrap_or_else(Instant::now)
             .saturating_duration_since(sent);
-        let written = answers[0].json_or_gone().map(|j| qga::written_count(&j));
-        let closed = answers[1].json_or_gone();
+        let written = self
+            .file_answer(&answers[0], "guest-file-write")
+            .map(|j| qga::written_count(&j));
+        let closed = self.file_answer(&answers[1], "guest-file-close");
         match written? {
             Some(n) if n == text.len() => {}
             other => {
@@ -311,7 +316,7 @@ impl Delivery<'_> {
     fn open(&mut self, mode: &str) -> Result<i64, Gone> {
         let cmd = self.agent_command(&qga::file_open(&self.opts.path, mode));
         let answer = self.shell.run(&[cmd], self.until)?;
-        let json = answer[0].json_or_gone()?;
+        let json = self.file_answer(&answer[0], "guest-file-open")?;
         qga::return_int(&json).ok_or_else(|| Gone::Fatal(self.file_error("guest-file-open", &json)))
     }
 
@@ -328,7 +333,7 @@ impl Delivery<'_> {
                 Ok(a) => a,
                 Err(e) => break Err(Gone::from(e)),
             };
-            let json = match answer[0].json_or_gone() {
+            let json = match self.file_answer(&answer[0], "guest-file-read") {
                 Ok(j) => j,
                 Err(e) => break Err(e),
             };
@@ -345,7 +350,7 @@ impl Delivery<'_> {
             .shell
             .run(&[close], self.until)
             .map_err(Gone::from)
-            .and_then(|a| a[0].json_or_gone().map(drop));
+            .and_then(|a| self.file_answer(&a[0], "guest-file-close").map(drop));
         result?;
         closed?;
         if digest_hex(&got) == digest_hex(want) {
@@ -353,6 +358,14 @@ impl Delivery<'_> {
         } else {
             Ok(Landed::Differs { bytes: got.len() })
         }
+    }
+
+    /// A guest-file-* answer; qemu-ga's refusal is the file's error.
+    fn file_answer(&self, a: &Answer, command: &'static str) -> Result<String, Gone> {
+        a.json_or_gone().map_err(|g| match g {
+            Gone::Refused(e) => Gone::Fatal(self.file_error(command, &e)),
+            g => g,
+        })
     }
 
     fn file_error(&self, command: &'static str, detail: &str) -> Error {
@@ -366,9 +379,10 @@ impl Delivery<'_> {
 }
 
 /// A failed agent command: the agent is gone for now (wait for it again),
-/// or anything else (give up).
+/// the command was refused (libvirt's or qemu-ga's error), or anything else.
 enum Gone {
     Agent(String),
+    Refused(String),
     Fatal(Error),
 }
 
@@ -382,7 +396,9 @@ impl From<Gone> for Error {
     fn from(g: Gone) -> Self {
         match g {
             Gone::Fatal(e) => e,
-            Gone::Agent(why) => Error::Unavailable(why),
+            Gone::Agent(why) | Gone::Refused(why) => {
+                Error::Unavailable(format!("virsh qemu-agent-command: {why}"))
+            }
         }
     }
 }
@@ -418,7 +434,8 @@ impl Answer {
 
     /// The JSON answer; an error that says the agent is not there (not
     /// connected, not responding, timed out) is [`Gone::Agent`], any other
-    /// error (qemu-ga refused the command, the domain is gone) is fatal.
+    /// (qemu-ga refused the command, the domain is gone) is
+    /// [`Gone::Refused`].
     fn json_or_gone(&self) -> Result<String, Gone> {
         if let Some(json) = &self.json {
             return Ok(json.clone());
@@ -427,9 +444,7 @@ impl Answer {
         if agent_absent(&e) {
             return Err(Gone::Agent(e));
         }
-        Err(Gone::Fatal(Error::Unavailable(format!(
-            "virsh qemu-agent-command: {e}"
-        ))))
+        Err(Gone::Refused(e))
     }
 }
 
