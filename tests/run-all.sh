@@ -63,6 +63,7 @@ cargo test --test libvirt -- --ignored --test-threads=2
 
 section "current CloudStack under libvirt: only the guest agent's channel"
 cargo test --test libvirt_qga -- --ignored
+cargo test --test libvirt_send -- --ignored
 
 section "fuzzing"
 tests/fuzz.sh

@@ -36,7 +36,8 @@ answer() { printf '%s\n' "$1"; }
 while IFS= read -r line; do
     printf 'virsh # %s\n' "$line"
     case $line in
-    "echo "*) printf '%s\n' "${line#echo }" ;;
+    # As virsh's: no newline after it, and quotes joined away.
+    "echo "*) printf '%s' "${line#echo }" | tr -d '"' ;;
     quit) exit 0 ;;
     domstate*)
         if [ -f "$FAKE/state" ]; then cat "$FAKE/state"; echo; else

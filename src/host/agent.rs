@@ -467,9 +467,9 @@ pub fn agent_absent(error: &str) -> bool {
 /// One long-lived `virsh` reading commands on its stdin: one connection to
 /// libvirtd for the whole delivery. After each command we send `echo MARK`
 /// and read its output (stdout and stderr through one pipe, in the order
-/// virsh wrote them; virsh writes each line at once, unbuffered) up to the
-/// line that is MARK. virsh prints a prompt (`virsh # `) and, through
-/// readline, echoes each command it reads: both are skipped.
+/// virsh wrote them; virsh writes at once, unbuffered) up to MARK. virsh
+/// prints a prompt (`virsh # `) and, through readline, echoes each command
+/// it reads: both are skipped.
 struct Shell {
     child: Child,
     stdin: Option<ChildStdin>,
@@ -515,9 +515,14 @@ impl Shell {
         let mut marks = Vec::new();
         for cmd in cmds {
             self.marks += 1;
-            let mark = format!("vport-bootargs-mark-{}-{}", std::process::id(), self.marks);
-            input.push_str(&format!("{cmd}\necho {mark}\n"));
-            marks.push((mark, cmd.as_str()));
+            let (stem, n) = (
+                format!("vport-bootargs-mark-{}-", std::process::id()),
+                self.marks,
+            );
+            // Quoted in part, so that virsh's echo of the command line
+            // does not hold the mark its output does.
+            input.push_str(&format!("{cmd}\necho {stem}\"{n}.\"\n"));
+            marks.push(format!("{stem}{n}."));
         }
         let stdin = self.stdin.as_mut().expect("the shell's stdin is open");
         if let Err(e) = stdin
@@ -528,24 +533,19 @@ impl Shell {
         }
         let limit = deadline::after(until, VIRSH_SLACK);
         let mut answers = Vec::new();
-        for (mark, cmd) in marks {
-            let mut a = Answer::default();
-            loop {
-                let line = match self.line(limit) {
-                    Ok(Some(line)) => line,
-                    Ok(None) => return Err(self.died("it exited")),
-                    Err(e) => return Err(e),
-                };
-                let mut line = line.as_str();
+        for (mark, cmd) in marks.iter().zip(cmds) {
+            let output = self.until_mark(mark, limit)?;
+            let mut a = Answer {
+                at: Some(Instant::now()),
+                ..Answer::default()
+            };
+            for line in output.lines() {
+                let mut line = line;
                 while let Some(rest) = line.strip_prefix(PROMPT) {
                     line = rest;
                 }
                 let line = line.trim_end();
-                if line == mark {
-                    a.at = Some(Instant::now());
-                    break;
-                }
-                if line.is_empty() || line == cmd || line == format!("echo {mark}") {
+                if line.is_empty() || line == cmd || line.starts_with("echo vport-bootargs-mark-") {
                     continue;
                 }
                 if let Some(e) = line.strip_prefix("error: ") {
@@ -561,15 +561,18 @@ impl Shell {
         Ok(answers)
     }
 
-    /// The next line of output; None at end of file.
-    fn line(&mut self, limit: Instant) -> Result<Option<String>> {
+    /// The output up to `mark`, which is taken from the buffer with it.
+    /// virsh's echo ends its output with no newline (the next prompt
+    /// follows at once), so the mark is looked for anywhere.
+    fn until_mark(&mut self, mark: &str, limit: Instant) -> Result<String> {
         loop {
-            if let Some(at) = self.buf.iter().position(|&b| b == b'\n') {
-                let line: Vec<u8> = self.buf.drain(..=at).collect();
-                return Ok(Some(String::from_utf8_lossy(&line).into_owned()));
+            if let Some(at) = find(&self.buf, mark.as_bytes()) {
+                let output = String::from_utf8_lossy(&self.buf[..at]).into_owned();
+                self.buf.drain(..at + mark.len());
+                return Ok(output);
             }
             match read_before(&self.out, limit) {
-                Ok(Some(bytes)) if bytes.is_empty() => return Ok(None),
+                Ok(Some(bytes)) if bytes.is_empty() => return Err(self.died("it exited")),
                 Ok(Some(bytes)) => self.buf.extend_from_slice(&bytes),
                 Ok(None) => {
                     let _ = self.child.kill();
@@ -614,6 +617,10 @@ impl Drop for Shell {
             let _ = self.child.wait();
         }
     }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 /// Up to 64 KiB from `fd` once it is readable; None when `limit` passed
