@@ -187,9 +187,12 @@ fn fails_in_one_line(out: &Output, want: i32, words: &str) {
     assert!(lines[0].contains(words), "{err}");
 }
 
+/// Nothing written, and no more virsh processes than a delivery: the
+/// waiter and the shell.
 fn assert_no_write(fake: &Fake) {
     assert_eq!(fake.asked("guest-file-open"), 0);
     assert_eq!(fake.guest_file(), None);
+    assert_eq!(fake.processes(), (1, 1));
 }
 
 #[test]
