@@ -175,7 +175,7 @@ impl Decoder {
                 return Ok(());
             }
             let line_no = self.lines + 1;
-            let (chunk, rest, ended) = match bytes.iter().position(|&b| b == b'\n') {
+            let (chunk, rest, ended) = match find_byte(bytes, b'\n') {
                 Some(i) => (&bytes[..i], &bytes[i + 1..], true),
                 None => (bytes, &[][..], false),
             };
@@ -214,20 +214,17 @@ impl Decoder {
     /// Records where `cmdline:` or `pubkey:` begins in the unfinished line's
     /// bytes from `from` on (both end with the line's only `:` among their
     /// bytes, so only a `:` is looked at).
-    fn find_inner(&mut self, from: usize) {
+    fn find_inner(&mut self, mut from: usize) {
         let line = &self.buf[self.line_start..];
-        for (i, _) in line
-            .iter()
-            .enumerate()
-            .skip(from)
-            .filter(|(_, &b)| b == b':')
-        {
+        while let Some(at) = find_byte(&line[from..], b':') {
+            let i = from + at;
             for prefix in [CMDLINE_PREFIX, PUBKEY_PREFIX] {
                 let n = prefix.len();
                 if i >= n && line[i + 1 - n..=i] == *prefix.as_bytes() {
                     self.inner.push(i + 1 - n);
                 }
             }
+            from = i + 1;
         }
     }
 
@@ -446,10 +443,36 @@ impl Decoder {
     }
 }
 
-/// `bytes` is `prefix`, or the start of it, or starts with it.
+/// `bytes` is `prefix`, or the start of it, or starts with it. (Byte by
+/// byte: a few bytes, several times a line, cost more as memcmp calls.)
 fn could_be(bytes: &[u8], prefix: &str) -> bool {
-    let n = bytes.len().min(prefix.len());
-    bytes[..n] == prefix.as_bytes()[..n]
+    bytes.iter().zip(prefix.as_bytes()).all(|(a, b)| a == b)
+}
+
+/// Where `byte` first is in `hay`, eight bytes at a time: the release
+/// build is optimized for size, which leaves a byte-by-byte search a
+/// byte-by-byte loop, and every byte from the host passes here.
+fn find_byte(hay: &[u8], byte: u8) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let mut words = hay.chunks_exact(8);
+    let mut at = 0;
+    for word in &mut words {
+        // A byte equal to `byte` becomes zero; (x - ONES) & !x & HIGH has
+        // the high bit of the first zero byte set (later ones may be wrong,
+        // the first never is).
+        let x = u64::from_le_bytes(word.try_into().unwrap()) ^ (ONES * u64::from(byte));
+        let zero = x.wrapping_sub(ONES) & !x & HIGH;
+        if zero != 0 {
+            return Some(at + (zero.trailing_zeros() / 8) as usize);
+        }
+        at += 8;
+    }
+    words
+        .remainder()
+        .iter()
+        .position(|&b| b == byte)
+        .map(|i| at + i)
 }
 
 enum Checked<'a> {
@@ -590,6 +613,29 @@ mod tests {
 
     fn framed(body: &str) -> Vec<u8> {
         format!("{body}{}", crate::wire::end::end_line(body.as_bytes())).into_bytes()
+    }
+
+    #[test]
+    fn find_byte_finds_the_first_at_every_offset() {
+        for len in 0..40 {
+            for at in 0..=len {
+                let mut hay = vec![b'x'; len];
+                if at < len {
+                    hay[at] = b'\n';
+                    // A later one, and bytes one apart from it, change nothing.
+                    hay.iter_mut()
+                        .skip(at + 1)
+                        .step_by(3)
+                        .for_each(|b| *b = b'\x0b');
+                    if at + 2 < len {
+                        hay[at + 2] = b'\n';
+                    }
+                }
+                let want = hay.iter().position(|&b| b == b'\n');
+                assert_eq!(find_byte(&hay, b'\n'), want, "{hay:?}");
+            }
+        }
+        assert_eq!(find_byte(b"\x01\x00\x80\xff:", b':'), Some(4));
     }
 
     #[test]
