@@ -4,7 +4,7 @@
 //! framed and unframed, and on 62,500 short ignored lines, fed in 16 KiB
 //! reads as `fetch` reads the port; then `fetch` itself end to end against
 //! a FIFO standing in for the port (the host writing the message whole and
-//! disconnecting, the files written to a temporary directory), its CPU time
+//! disconnecting, the files written to a tmpfs, /dev/shm), its CPU time
 //! the child's own (`wait4`). Reports medians and quartiles; asserts only
 //! that every run decodes the message. CPU time grows with what else runs
 //! (caches, memory bandwidth): note the load average with the figures.
@@ -136,7 +136,15 @@ fn main() {
 // The child is reaped by wait4, which gives its CPU time.
 #[allow(clippy::zombie_processes)]
 fn fetch_once(bytes: &[u8], cmdline: &str) -> (Duration, Duration) {
-    let dir = tempfile::tempdir().unwrap();
+    // The files go to a tmpfs, as in docs/packaging.md's figures: an
+    // ext4 fsync would add its journal's CPU to fetch's.
+    let shm = std::path::Path::new("/dev/shm");
+    let dir = if shm.is_dir() {
+        tempfile::tempdir_in(shm)
+    } else {
+        tempfile::tempdir()
+    }
+    .unwrap();
     let root = dir.path();
     let class = root.join("sys/class/virtio-ports/vport0p1");
     fs::create_dir_all(&class).unwrap();
@@ -176,15 +184,22 @@ fn fetch_once(bytes: &[u8], cmdline: &str) -> (Duration, Duration) {
         .stdin(Stdio::null())
         .spawn()
         .unwrap();
-    // fetch opens the FIFO for reading; once it holds it, the host leaves.
+    // fetch opens the FIFO for reading; once it holds it (or is done: a
+    // framed message ends at its end line), the host leaves.
     let opened = Instant::now();
-    while !fs::read_dir(format!("/proc/{}/fd", child.id()))
-        .map(|fds| {
-            fds.flatten()
-                .any(|fd| fs::read_link(fd.path()).is_ok_and(|p| p == node))
-        })
-        .unwrap_or(false)
-    {
+    let holds_or_done = || {
+        let stat = fs::read_to_string(format!("/proc/{}/stat", child.id())).unwrap_or_default();
+        let done = stat
+            .rsplit_once(") ")
+            .map_or(true, |(_, rest)| rest.starts_with('Z'));
+        done || fs::read_dir(format!("/proc/{}/fd", child.id()))
+            .map(|fds| {
+                fds.flatten()
+                    .any(|fd| fs::read_link(fd.path()).is_ok_and(|p| p == node))
+            })
+            .unwrap_or(false)
+    };
+    while !holds_or_done() {
         assert!(
             opened.elapsed() < Duration::from_secs(30),
             "fetch never opened the FIFO"

@@ -446,7 +446,16 @@ impl Decoder {
 /// `bytes` is `prefix`, or the start of it, or starts with it. (Byte by
 /// byte: a few bytes, several times a line, cost more as memcmp calls.)
 fn could_be(bytes: &[u8], prefix: &str) -> bool {
-    bytes.iter().zip(prefix.as_bytes()).all(|(a, b)| a == b)
+    let prefix = prefix.as_bytes();
+    let n = bytes.len().min(prefix.len());
+    let mut i = 0;
+    while i < n {
+        if bytes[i] != prefix[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
 }
 
 /// Where `byte` first is in `hay`, eight bytes at a time: the release
@@ -515,13 +524,16 @@ fn check_line(text: &[u8], line_no: usize) -> Result<Checked<'_>, ProtocolError>
 /// count from the body's start.
 fn parse_body(body: &[u8]) -> Result<Message, ProtocolError> {
     let (mut cmdline, mut pubkey) = (None, None);
-    let lines = body.strip_suffix(b"\n").unwrap_or(body);
-    for (i, line) in lines.split(|&b| b == b'\n').enumerate() {
-        match check_line(line, i + 1)? {
+    // The body ends with a newline: the end line starts a line.
+    let (mut rest, mut line_no) = (body, 1);
+    while let Some(at) = find_byte(rest, b'\n') {
+        match check_line(&rest[..at], line_no)? {
             Checked::Cmdline(c) => cmdline = Some(c),
             Checked::Pubkey(k) => pubkey = Some(k),
             Checked::Empty | Checked::Unknown(_) => {}
         }
+        rest = &rest[at + 1..];
+        line_no += 1;
     }
     Ok(Message {
         cmdline: cmdline
