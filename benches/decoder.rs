@@ -11,7 +11,9 @@
 //!
 //! Run by hand: `cargo bench --bench decoder` (the bench profile is the
 //! release one: opt-level "z", LTO). `DECODER_RUNS=N` sets the number of
-//! runs (default 200 in process, 100 end to end).
+//! runs (default 200 in process, 100 end to end); `DECODER_FETCH_BIN=PATH`
+//! runs another binary end to end (docs/packaging.md's figures are of the
+//! static musl build).
 
 use std::fs::{self, OpenOptions};
 use std::io::Write;
@@ -122,13 +124,25 @@ fn main() {
         "  of which SHA-256 of the 250,000 bytes: {}",
         summary(times)
     );
-    println!("fetch end to end against a FIFO (child CPU from wait4, wall from spawn to exit):");
+    println!(
+        "fetch end to end against a FIFO (child CPU from wait4, wall from spawn to exit), {}:",
+        fetch_binary().display()
+    );
     for (label, bytes) in [("unframed", body.as_bytes()), ("framed", framed.as_bytes())] {
         let (cpu, wall): (Vec<_>, Vec<_>) =
             (0..runs(100)).map(|_| fetch_once(bytes, &cmdline)).unzip();
         println!("  {label}: CPU {}", summary(cpu));
         println!("  {label}: wall {}", summary(wall));
     }
+}
+
+/// The binary to run: `DECODER_FETCH_BIN` (e.g. the static musl build
+/// that ships, `target/x86_64-unknown-linux-musl/release/vport-bootargs`),
+/// else this build's.
+fn fetch_binary() -> std::path::PathBuf {
+    std::env::var_os("DECODER_FETCH_BIN")
+        .map(Into::into)
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_vport-bootargs").into())
 }
 
 /// One `fetch --no-ack` of `bytes`, waiting in a FIFO whose writer is
@@ -164,7 +178,7 @@ fn fetch_once(bytes: &[u8], cmdline: &str) -> (Duration, Duration) {
     fcntl(host.as_raw_fd(), FcntlArg::F_SETPIPE_SZ(1 << 20)).unwrap();
     host.write_all(bytes).unwrap();
     let started = Instant::now();
-    let child = Command::new(env!("CARGO_BIN_EXE_vport-bootargs"))
+    let child = Command::new(fetch_binary())
         .arg("--sysfs-root")
         .arg(root.join("sys"))
         .arg("--dev-root")
