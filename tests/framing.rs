@@ -223,17 +223,18 @@ fn partial_line_then_disconnect_then_resend_stores_the_resend() {
     let t = Tree::with_port();
     let node = t.node("vport0p1");
     let mut run = spawn(&t, &[("--settle", "0.3")]);
-    run.host_write(&node, b"cmdline:a=1 gen=cut");
+    // A cut copy of the line it sends again.
+    run.host_write(&node, b"cmdline:a=1 gen=wh");
     sleep_ms(300);
     run.host_write(&node, b"cmdline:a=1 gen=whole\n");
     let (code, err) = finish(run);
     assert_eq!(code, 0, "{err}");
     assert_eq!(t.stored_cmdline().unwrap(), "a=1 gen=whole\n");
     assert!(
-        err.contains("host disconnected in the middle of a line (19 bytes so far); keeping them"),
+        err.contains("host disconnected in the middle of a line (18 bytes so far); keeping them"),
         "{err}"
     );
-    assert!(err.contains("dropped 19 bytes of it"), "{err}");
+    assert!(err.contains("dropped 18 bytes of it"), "{err}");
 }
 
 #[test]
@@ -577,4 +578,111 @@ fn earlier_build_ignores_the_end_line_and_stores_the_message() {
         err.contains("ignored a line with an unknown prefix: \"end:"),
         "{err}"
     );
+}
+
+// ---------------------------------------------------------------------------
+// What the host sent is what is stored (issue 19).
+
+/// A cmdline holding both prefixes inside a value, framed as docs/protocol.md
+/// says: once the digest matches, the body is stored byte for byte.
+#[test]
+fn framed_body_holding_the_prefixes_in_a_value_is_stored_byte_for_byte() {
+    let t = Tree::with_port();
+    let cmdline = "template=domP name=s-1-VM note=pubkey:and_cmdline:inside zone=1";
+    let key = format!("{KEY} cloud@mgmt cmdline:keyring");
+    let bytes = with_end_line(&common::message(cmdline, Some(&key)));
+    let (code, err) = with_host(spawn(&t, &[]), &t.node("vport0p1"), |host| {
+        host.write_all(&bytes).unwrap()
+    });
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(t.stored_cmdline().unwrap(), format!("{cmdline}\n"));
+    assert_eq!(t.targets()[1].as_deref(), Some(format!("{key}\n").as_str()));
+    assert!(!err.contains("ran into"), "{err}");
+}
+
+/// patchviasocket.py-style one-shot hosts: text inside a value or a key
+/// comment that looks like a prefix is data, as cloud-early-config's loop
+/// stored it.
+#[test]
+fn legacy_host_prefix_inside_a_value_or_key_comment_is_data() {
+    let noted = format!("{CMDLINE} note=see-cmdline:docs host=10.1.1.1");
+    let holding_pubkey = format!("{CMDLINE} keyring=pubkey:none");
+    let commented = format!("{KEY} cloud@mgmt cmdline:keyring");
+    for (cmdline, key) in [
+        (noted.as_str(), KEY),
+        (CMDLINE, commented.as_str()),
+        (holding_pubkey.as_str(), KEY),
+    ] {
+        let t = Tree::with_port();
+        let node = t.node("vport0p1");
+        let mut run = spawn(&t, &[("--settle", "0.2")]);
+        run.host_write(&node, common::message(cmdline, Some(key)).as_bytes());
+        let (code, err) = finish(run);
+        assert_eq!(code, 0, "{cmdline:?} {key:?}: {err}");
+        assert_eq!(
+            t.targets(),
+            [
+                Some(format!("{cmdline}\n")),
+                Some(format!("{key}\n")),
+                Some(format!("{key}\n"))
+            ],
+            "{err}"
+        );
+        assert!(!err.contains("ran into"), "{err}");
+    }
+}
+
+/// A stray writer's junk line alone, then a framed message after the
+/// settle time: the junk decides nothing (no `cmdline:` line came with it).
+#[test]
+fn junk_line_alone_then_a_framed_message_after_the_settle_is_stored() {
+    let t = Tree::with_port();
+    let run = spawn(&t, &[("--settle", "0.2")]);
+    let (code, err) = with_host(run, &t.node("vport0p1"), |host| {
+        host.write_all(b"\xff\xfe garbage\n").unwrap();
+        sleep_ms(500);
+        host.write_all(&framed(CMDLINE)).unwrap();
+    });
+    assert_stored(&t, code, &err);
+}
+
+/// 30,000 bytes of a 40,009-byte framed message, then the whole message:
+/// the cut part and the resend are one line longer than the line limit,
+/// but the resend is whole and its digest matches.
+#[test]
+fn long_cut_then_its_whole_framed_resend_is_stored() {
+    let t = Tree::with_port();
+    let end_len = |body: &str| vport_bootargs::wire::end_line(body.as_bytes()).len();
+    let filler = |n: usize| format!("{CMDLINE} pad={}", "p".repeat(n));
+    let n = 40_009 - 8 - 1 - CMDLINE.len() - 5 - end_len(&format!("cmdline:{}\n", filler(39_900)));
+    let cmdline = filler(n);
+    let whole = with_end_line(&format!("cmdline:{cmdline}\n"));
+    assert_eq!(whole.len(), 40_009);
+    let (code, err) = with_host(spawn(&t, &[]), &t.node("vport0p1"), |host| {
+        host.write_all(&whole[..30_000]).unwrap();
+        sleep_ms(300);
+        host.write_all(&whole).unwrap();
+    });
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(t.stored_cmdline().unwrap(), format!("{cmdline}\n"));
+    assert!(err.contains("the end line matches"), "{err}");
+}
+
+/// docs/protocol.md: the end line's N goes up to 262144, the message
+/// limit; the end line itself is not part of the message.
+#[test]
+fn framed_body_of_the_whole_message_limit_is_stored() {
+    for len in [262_100, 262_144] {
+        let t = Tree::with_port();
+        let head = format!("pubkey:{KEY}\n");
+        let ignored = format!("x:{}\n", "y".repeat(60_000)).repeat(4);
+        let rest = len - head.len() - ignored.len() - "cmdline:\n".len();
+        let cmdline = format!("{CMDLINE} pad={}", "p".repeat(rest - CMDLINE.len() - 5));
+        let body = format!("{head}{ignored}cmdline:{cmdline}\n");
+        assert_eq!(body.len(), len);
+        let _host = t.offer("vport0p1", &with_end_line(&body));
+        let out = common::run_guarded(&mut t.fetch(&[]));
+        assert_eq!(common::code(&out), 0, "{len}: {}", common::stderr(&out));
+        assert_eq!(t.stored_cmdline().unwrap(), format!("{cmdline}\n"));
+    }
 }

@@ -514,19 +514,21 @@ fn qemu_closing_before_taking_the_message_is_exit_69() {
     );
 }
 
+/// The guest stores a framed body byte for byte, so `send` sends any
+/// cmdline or key the guest can store, prefixes inside values included.
 #[test]
-fn key_whose_comment_holds_cmdline_is_exit_65_and_nothing_is_sent() {
+fn cmdline_and_key_comment_holding_the_prefixes_are_sent_as_they_are() {
     let host = Host::new();
-    let listener = host.listen();
     let (kind, base64) = KEY.split_once(' ').unwrap();
     let base64 = base64.split(' ').next().unwrap();
-    fs::write(host.key(), format!("{kind} {base64} admin cmdline:x=1\n")).unwrap();
-    let out = host.run(&["-p", CMDLINE]);
-    assert_eq!(out.status.code(), Some(65), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("contains \"cmdline:\" or \"pubkey:\""),
-        "{}",
-        stderr(&out)
+    let key = format!("{kind} {base64} cloud@mgmt cmdline:keyring");
+    fs::write(host.key(), format!("{key}\n")).unwrap();
+    let cmdline = "template=domP note=pubkey:and_cmdline:inside zone=1";
+    let server = host.serve(read_to_end);
+    let out = host.run(&["--raw", "-p", cmdline]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(
+        server.join().unwrap(),
+        with_end_line(&message(cmdline, Some(&key)))
     );
-    assert_nothing_connected(&listener);
 }

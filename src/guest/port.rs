@@ -241,10 +241,15 @@ impl PortReader {
             Line::Pubkey => info!("received a pubkey line"),
             Line::Empty { lines: 1 } => debug!("ignored an empty line"),
             Line::Empty { lines } => debug!("ignored {lines} empty lines"),
-            Line::Unknown(start) => debug!("ignored a line with an unknown prefix: {start:?}"),
+            Line::Unknown { first, lines: 1 } => {
+                debug!("ignored a line with an unknown prefix: {first:?}")
+            }
+            Line::Unknown { first, lines } => {
+                debug!("ignored {lines} lines with unknown prefixes, the first: {first:?}")
+            }
             Line::Joined { dropped } => info!(
-                "a cut line ran into the host's resend: dropped {dropped} bytes of it (and the cut message's \
-                 earlier lines), kept the resent line"
+                "a cut line ran into the host's resend: dropped {dropped} bytes of it (a cut copy of what \
+                 was resent), kept the resent line"
             ),
             Line::End { len } => {
                 debug!("the end line matches the {len} bytes before it; message complete")
@@ -253,8 +258,9 @@ impl PortReader {
                 warn!("discarded {discarded} bytes: {why}; waiting for the message again");
                 self.nak(why);
             }
-            Line::Refused(e) => debug!(
-                "refused {e}; final once the message is, unless an end line shows a damaged copy"
+            Line::Refused(e) => info!(
+                "refused: {e}; final once a cmdline line completes the message, unless an end line \
+                 shows a damaged copy"
             ),
         }
     }

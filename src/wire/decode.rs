@@ -5,18 +5,22 @@
 //! Two kinds of host:
 //! - framed (`send` of this crate): the message ends with
 //!   `end:<N> <sha256>` ([`super::end`]); it is complete the moment that line
-//!   arrives and matches, and a line that does not match is discarded with
-//!   everything before it;
+//!   arrives and matches, and its `N` bytes are then the message, read byte
+//!   for byte (no other rule applies to them). A line that does not match is
+//!   discarded with everything before it;
 //! - unframed (patchviasocket.py): `pubkey:` and `cmdline:` lines; the
-//!   caller decides when they are complete (the host disconnected, or went
-//!   quiet) and then calls [`Decoder::finish`].
+//!   caller decides when they are complete (a `cmdline:` line has arrived,
+//!   and the host disconnected or went quiet) and then calls
+//!   [`Decoder::finish`].
 //!
-//! The merge rule, for both: a line whose text holds `cmdline:` or `pubkey:`
-//! after its start is a cut line that ran into the host's resend (the guest
-//! cannot always see the disconnect in between: virtio_console reports the
-//! host's state late, and sometimes reports it gone while it is not). The
-//! text from the last such prefix on is the resent line; what came before it,
-//! and every line of the cut message, is dropped.
+//! The merge rule, for unframed hosts: a host cut off mid-line sends the
+//! same message again, and the guest cannot always see the disconnect in
+//! between (virtio_console reports the host's state late, and sometimes
+//! reports it gone while it is not), so the cut line and the resend can
+//! arrive as one line. Such a join has a shape: the text it drops is a cut
+//! copy of what was resent, that is a prefix of it. A line is taken for a
+//! join only when the text before a `cmdline:` or `pubkey:` inside it is
+//! made of such prefixes ([`join_at`]); any other text is data.
 
 use std::fmt;
 
@@ -84,9 +88,14 @@ pub enum Line {
     Empty {
         lines: usize,
     },
-    Unknown(String),
-    /// A cut line ran into a resend: `dropped` bytes before the resent
-    /// line's prefix were thrown away, with the cut message's earlier lines.
+    /// Lines with an unknown prefix in a row, as one entry: the start of
+    /// the first (at most 40 characters) and how many.
+    Unknown {
+        first: String,
+        lines: usize,
+    },
+    /// A cut line ran into a resend: its first `dropped` bytes, a cut copy
+    /// of what was resent, were thrown away.
     Joined {
         dropped: usize,
     },
@@ -103,37 +112,49 @@ pub enum Line {
     Refused(ProtocolError),
 }
 
+/// How many places inside one line are tried as the start of a resend
+/// (the latest first): a real join has one or two; more only cost time.
+const JOIN_TRIES: usize = 8;
+
 /// Accumulates the host's bytes into lines and lines into a message.
 #[derive(Debug, Default)]
 pub struct Decoder {
-    partial: Vec<u8>,
-    /// Bytes of complete lines received for the current message.
+    /// The bytes of complete lines (endings included) since the last
+    /// discard, the last [`MAX_MESSAGE`] of them at least (at most twice
+    /// that): what an end line counts back over; then the unfinished line.
+    /// Each byte is copied once, here.
+    buf: Vec<u8>,
+    /// Where the unfinished line starts in `buf`.
+    line_start: usize,
+    /// Where `cmdline:` or `pubkey:` begins inside the unfinished line
+    /// (after its first byte), relative to its start: where a resend may
+    /// have run into a cut line. Found as bytes arrive, so a line read a
+    /// byte at a time is scanned once.
+    inner: Vec<usize>,
+    /// Bytes of complete lines counted toward [`MAX_MESSAGE`]: since the
+    /// last place a message may have started (the first byte, a discard,
+    /// a resend inside a line). End lines do not count.
     total: usize,
     /// Lines completed so far, for error messages (1-based numbering).
     lines: usize,
     cmdline: Option<String>,
     pubkey: Option<String>,
+    /// A line starting with `cmdline:` has arrived (valid or refused): what
+    /// an unframed message needs to be complete.
+    cmdline_line: bool,
     /// The first refused line of the current unframed message. Not final at
-    /// once: an end line that follows can show it was a cut or corrupted
-    /// copy, which is discarded.
+    /// once: it is the verdict only once a `cmdline:` line completes the
+    /// message, and an end line that follows can show it was a cut or
+    /// corrupted copy, which is discarded.
     refused: Option<ProtocolError>,
     received: bool,
     seen: Vec<Line>,
-    /// The bytes of complete lines (endings included) since the last
-    /// discard, the last [`MAX_MESSAGE`] of them at least (at most twice
-    /// that): what an end line counts back over.
-    raw: Vec<u8>,
-    /// Inside a framed body end lines are just unknown lines.
-    in_frame: bool,
     framed: Option<Message>,
     /// Bytes that came after a matching end line.
     after_end: usize,
     /// Bumped whenever bytes of a cmdline, pubkey or end line arrive: what
     /// counts as the host making progress, unlike ignored lines.
     progress: u64,
-    /// The unfinished line already holds a prefix after its start (found
-    /// as bytes arrive, so a line read a byte at a time is scanned once).
-    partial_joined: bool,
 }
 
 impl Decoder {
@@ -154,154 +175,216 @@ impl Decoder {
                 return Ok(());
             }
             let line_no = self.lines + 1;
-            let (chunk, rest, ended) = match bytes.iter().position(|&b| b == b'\n') {
+            let (chunk, rest, ended) = match find_byte(bytes, b'\n') {
                 Some(i) => (&bytes[..i], &bytes[i + 1..], true),
                 None => (bytes, &[][..], false),
             };
             if chunk.contains(&0) {
                 return Err(ProtocolError::Nul { line: line_no });
             }
-            let before = self.partial.len();
-            self.partial.extend_from_slice(chunk);
-            if !self.partial_joined {
-                let from = before.saturating_sub(CMDLINE_PREFIX.len() - 1).max(1);
-                self.partial_joined = prefix_from(&self.partial, from);
-            }
+            let before = self.pending();
+            self.buf.extend_from_slice(chunk);
+            self.find_inner(before);
             if !chunk.is_empty() && self.pending_meaningful() {
                 self.progress += 1;
             }
             // Checked as bytes arrive, so an endless line is refused without
-            // buffering it; one byte of slack for a `\r` before the `\n`.
-            if self.partial.len() > MAX_LINE + 1
-                || (self.partial.len() == MAX_LINE + 1 && self.partial.last() != Some(&b'\r'))
-            {
+            // buffering it.
+            if !self.may_grow() {
                 return Err(ProtocolError::LineTooLong { line: line_no });
             }
-            if self.total + self.partial.len() + usize::from(ended) > MAX_MESSAGE {
+            if self.counted(ended) > MAX_MESSAGE {
                 return Err(ProtocolError::MessageTooLarge);
             }
             if ended {
-                let line = std::mem::take(&mut self.partial);
-                self.partial_joined = false;
-                self.total += line.len() + 1;
+                self.buf.push(b'\n');
                 self.lines += 1;
-                self.line(line, line_no)?;
+                self.line(line_no)?;
             }
             bytes = rest;
         }
         Ok(())
     }
 
-    fn line(&mut self, line: Vec<u8>, line_no: usize) -> Result<(), ProtocolError> {
-        let raw_len = line.len() + 1;
-        let mut text: &[u8] = &line;
-        if let Some(at) = joined_at(text) {
-            // The cut message is superseded by its resend, whole from here.
-            self.restart();
-            self.total = raw_len - at;
-            self.seen.push(Line::Joined { dropped: at });
-            text = &text[at..];
-        }
-        if !self.in_frame {
-            if let Some(rest) = text.strip_prefix(END_PREFIX.as_bytes()) {
-                return self.end_line(rest);
+    /// The unfinished line.
+    fn partial(&self) -> &[u8] {
+        &self.buf[self.line_start..]
+    }
+
+    /// Records where `cmdline:` or `pubkey:` begins in the unfinished line's
+    /// bytes from `from` on (both end with the line's only `:` among their
+    /// bytes, so only a `:` is looked at).
+    fn find_inner(&mut self, mut from: usize) {
+        let line = &self.buf[self.line_start..];
+        while let Some(at) = find_byte(&line[from..], b':') {
+            let i = from + at;
+            for prefix in [CMDLINE_PREFIX, PUBKEY_PREFIX] {
+                let n = prefix.len();
+                if i >= n && line[i + 1 - n..=i] == *prefix.as_bytes() {
+                    self.inner.push(i + 1 - n);
+                }
             }
+            from = i + 1;
         }
-        self.remember(&line);
-        let kind = match check_line(text, line_no) {
-            Ok(kind) => kind,
-            Err(e) => {
-                self.refused.get_or_insert(e.clone());
-                self.seen.push(Line::Refused(e));
-                return Ok(());
-            }
+    }
+
+    /// Whether the unfinished line is still within the line limit: at most
+    /// [`MAX_LINE`] bytes (one more for a `\r` before the `\n`), or a cut
+    /// part and a resend, each within it, when a `cmdline:` or `pubkey:`
+    /// inside it may start the resend. Whether it is a join is known only
+    /// once the line is whole; until then at most twice the limit is held.
+    fn may_grow(&self) -> bool {
+        let fits = |line: &[u8]| {
+            line.len() <= MAX_LINE || (line.len() == MAX_LINE + 1 && line.last() == Some(&b'\r'))
         };
-        match &kind {
-            Checked::Cmdline(c) => {
+        let line = self.partial();
+        if fits(line) {
+            return true;
+        }
+        let from = self
+            .inner
+            .partition_point(|&p| p + MAX_LINE + 1 < line.len());
+        self.inner[from..]
+            .iter()
+            .take_while(|&&p| p <= MAX_LINE)
+            .any(|&p| fits(&line[p..]))
+    }
+
+    /// Bytes toward the message limit, the unfinished line's included (and
+    /// its newline when `ended`): counted from the latest place a message
+    /// may start (a resend inside the unfinished line); an end line does
+    /// not count.
+    fn counted(&self, ended: bool) -> usize {
+        let line = self.partial();
+        let line_len = line.len() + usize::from(ended);
+        if could_be(line, END_PREFIX) {
+            self.total
+        } else if let Some(&p) = self.inner.last() {
+            line_len - p
+        } else {
+            self.total + line_len
+        }
+    }
+
+    /// Handles the line just completed: `buf[line_start..]`, its `\n`
+    /// last.
+    fn line(&mut self, line_no: usize) -> Result<(), ProtocolError> {
+        let start = self.line_start;
+        let end = self.buf.len() - 1;
+        let line = &self.buf[start..end];
+        let joined = join_at(line, &self.inner);
+        let text = &line[joined.unwrap_or(0)..];
+        if text.starts_with(END_PREFIX.as_bytes()) {
+            self.inner.clear();
+            return self.end_line(start + END_PREFIX.len(), end);
+        }
+        // A message may start at the last resend inside the line.
+        let len = end + 1 - start;
+        self.total = match self.inner.last() {
+            Some(&p) => len - p,
+            None => self.total + len,
+        };
+        if let Some(dropped) = joined {
+            self.seen.push(Line::Joined { dropped });
+        }
+        self.cmdline_line |= text.starts_with(CMDLINE_PREFIX.as_bytes());
+        match check_line(text, line_no) {
+            Ok(Checked::Cmdline(c)) => {
                 // A later cmdline line replaces an earlier one, as it did in
                 // cloud-early-config (each line overwrote the file).
-                self.cmdline = Some(c.clone());
+                let kept = self.cmdline.get_or_insert_with(String::new);
+                kept.clear();
+                kept.push_str(c);
                 self.progress += 1;
                 self.seen.push(Line::Cmdline);
             }
-            Checked::Pubkey(k) => {
-                self.pubkey = Some(k.clone());
+            Ok(Checked::Pubkey(k)) => {
+                self.pubkey = Some(k.to_owned());
                 self.progress += 1;
                 self.seen.push(Line::Pubkey);
             }
-            Checked::Empty => match self.seen.last_mut() {
+            Ok(Checked::Empty) => match self.seen.last_mut() {
                 Some(Line::Empty { lines }) => *lines += 1,
                 _ => self.seen.push(Line::Empty { lines: 1 }),
             },
-            Checked::Unknown(start) => self.seen.push(Line::Unknown(start.clone())),
+            Ok(Checked::Unknown(text)) => match self.seen.last_mut() {
+                Some(Line::Unknown { lines, .. }) => *lines += 1,
+                _ => self.seen.push(Line::Unknown {
+                    first: text.chars().take(40).collect(),
+                    lines: 1,
+                }),
+            },
+            Err(e) => {
+                self.refused.get_or_insert(e.clone());
+                self.seen.push(Line::Refused(e));
+            }
+        }
+        self.inner.clear();
+        self.line_start = self.buf.len();
+        // Trimmed in batches: trimming to the limit on every line would
+        // move the whole window once per line.
+        if self.line_start > 2 * MAX_MESSAGE {
+            self.buf.drain(..self.line_start - MAX_MESSAGE);
+            self.line_start = self.buf.len();
         }
         Ok(())
     }
 
-    fn end_line(&mut self, rest: &[u8]) -> Result<(), ProtocolError> {
+    /// The end line `buf[line_start..end]`, whose text after `end:` starts
+    /// at `from`: checked against the complete lines before it.
+    fn end_line(&mut self, from: usize, end: usize) -> Result<(), ProtocolError> {
         self.progress += 1;
+        let rest = &self.buf[from..end];
         let rest = rest.strip_suffix(b"\r").unwrap_or(rest);
+        let before = &self.buf[..self.line_start];
         let verified = std::str::from_utf8(rest)
             .map_err(|_| "malformed end line (not UTF-8)".to_owned())
             .and_then(parse_end)
-            .and_then(|end| verify(&end, &self.raw).map(<[u8]>::to_vec));
+            .and_then(|end| verify(&end, before));
         match verified {
             Ok(body) => {
-                let mut inner = Decoder {
-                    in_frame: true,
-                    ..Decoder::default()
-                };
-                inner.feed(&body)?;
-                let m = inner.finish()?.ok_or(ProtocolError::FramedWithoutCmdline)?;
+                let message = parse_body(body)?;
                 self.seen.push(Line::End { len: body.len() });
-                self.framed = Some(m);
+                self.framed = Some(message);
             }
             Err(why) => {
-                let discarded = self.raw.len();
+                let discarded = self.line_start;
                 self.seen.push(Line::EndMismatch { why, discarded });
                 self.restart();
-                self.raw.clear();
             }
         }
         Ok(())
     }
 
-    /// Forgets the current message's lines (not the raw bytes: an end line
-    /// may still count back over them).
+    /// Forgets everything received: a copy that an end line showed damaged.
     fn restart(&mut self) {
+        self.buf.clear();
+        self.line_start = 0;
+        self.inner.clear();
+        self.total = 0;
         self.cmdline = None;
         self.pubkey = None;
+        self.cmdline_line = false;
         self.refused = None;
-        self.total = 0;
-    }
-
-    fn remember(&mut self, line: &[u8]) {
-        self.raw.extend_from_slice(line);
-        self.raw.push(b'\n');
-        // Trimmed in batches: trimming to the limit on every line would move
-        // the whole window once per line.
-        if self.raw.len() > 2 * MAX_MESSAGE {
-            let excess = self.raw.len() - MAX_MESSAGE;
-            self.raw.drain(..excess);
-        }
     }
 
     /// The verdict on what has arrived, for when the caller holds it whole
     /// (the host disconnected or went quiet, or a deadline): the framed
-    /// message if one matched; else the first refused line; else the
-    /// unframed message once a cmdline line has arrived. An unfinished
-    /// trailing line is not part of it.
+    /// message if one matched; else, once a `cmdline:` line has arrived,
+    /// the first refused line or the unframed message; else nothing (a
+    /// refused line without a `cmdline:` line decides nothing). An
+    /// unfinished trailing line is not part of it.
     pub fn finish(&mut self) -> Result<Option<Message>, ProtocolError> {
         if let Some(m) = self.framed.take() {
             return Ok(Some(m));
         }
+        if !self.cmdline_line {
+            return Ok(None);
+        }
         if let Some(e) = self.refused.take() {
             return Err(e);
         }
-        let Some(cmdline) = self.cmdline.take() else {
-            return Ok(None);
-        };
-        Ok(Some(Message {
+        Ok(self.cmdline.take().map(|cmdline| Message {
             cmdline,
             pubkey: self.pubkey.take(),
         }))
@@ -317,12 +400,12 @@ impl Decoder {
         self.after_end
     }
 
-    /// An unframed message could be concluded now: a cmdline line or a
-    /// refused line has arrived, and no line that may still change the
+    /// An unframed message could be concluded now: a `cmdline:` line has
+    /// arrived (valid or refused), and no line that may still change the
     /// verdict (a cmdline, pubkey or end line, or a resend running into a
     /// cut line) is half-way.
     pub fn can_conclude(&self) -> bool {
-        (self.cmdline.is_some() || self.refused.is_some()) && !self.pending_meaningful()
+        self.cmdline_line && !self.pending_meaningful()
     }
 
     pub fn has_cmdline(&self) -> bool {
@@ -336,21 +419,17 @@ impl Decoder {
 
     /// Bytes of an unfinished line waiting for its newline.
     pub fn pending(&self) -> usize {
-        self.partial.len()
+        self.buf.len() - self.line_start
     }
 
     /// The unfinished line may become a cmdline, pubkey or end line.
     pub fn pending_meaningful(&self) -> bool {
-        let p = &self.partial;
-        let could_be = |prefix: &str| {
-            let n = p.len().min(prefix.len());
-            p[..n] == prefix.as_bytes()[..n]
-        };
+        let p = self.partial();
         !p.is_empty()
-            && (self.partial_joined
-                || could_be(CMDLINE_PREFIX)
-                || could_be(PUBKEY_PREFIX)
-                || could_be(END_PREFIX))
+            && (!self.inner.is_empty()
+                || could_be(p, CMDLINE_PREFIX)
+                || could_be(p, PUBKEY_PREFIX)
+                || could_be(p, END_PREFIX))
     }
 
     /// Goes up whenever bytes of a cmdline, pubkey or end line arrive.
@@ -364,14 +443,55 @@ impl Decoder {
     }
 }
 
-enum Checked {
-    Cmdline(String),
-    Pubkey(String),
-    Empty,
-    Unknown(String),
+/// `bytes` is `prefix`, or the start of it, or starts with it. (Byte by
+/// byte: a few bytes, several times a line, cost more as memcmp calls.)
+fn could_be(bytes: &[u8], prefix: &str) -> bool {
+    let prefix = prefix.as_bytes();
+    let n = bytes.len().min(prefix.len());
+    let mut i = 0;
+    while i < n {
+        if bytes[i] != prefix[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
 }
 
-fn check_line(text: &[u8], line_no: usize) -> Result<Checked, ProtocolError> {
+/// Where `byte` first is in `hay`, eight bytes at a time: the release
+/// build is optimized for size, which leaves a byte-by-byte search a
+/// byte-by-byte loop, and every byte from the host passes here.
+fn find_byte(hay: &[u8], byte: u8) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let mut words = hay.chunks_exact(8);
+    let mut at = 0;
+    for word in &mut words {
+        // A byte equal to `byte` becomes zero; (x - ONES) & !x & HIGH has
+        // the high bit of the first zero byte set (later ones may be wrong,
+        // the first never is).
+        let x = u64::from_le_bytes(word.try_into().unwrap()) ^ (ONES * u64::from(byte));
+        let zero = x.wrapping_sub(ONES) & !x & HIGH;
+        if zero != 0 {
+            return Some(at + (zero.trailing_zeros() / 8) as usize);
+        }
+        at += 8;
+    }
+    words
+        .remainder()
+        .iter()
+        .position(|&b| b == byte)
+        .map(|i| at + i)
+}
+
+enum Checked<'a> {
+    Cmdline(&'a str),
+    Pubkey(&'a str),
+    Empty,
+    Unknown(&'a str),
+}
+
+fn check_line(text: &[u8], line_no: usize) -> Result<Checked<'_>, ProtocolError> {
     let text = text.strip_suffix(b"\r").unwrap_or(text);
     if text.len() > MAX_LINE {
         return Err(ProtocolError::LineTooLong { line: line_no });
@@ -386,39 +506,109 @@ fn check_line(text: &[u8], line_no: usize) -> Result<Checked, ProtocolError> {
         if cmdline.trim().is_empty() {
             return Err(ProtocolError::EmptyCmdline { line: line_no });
         }
-        Checked::Cmdline(cmdline.to_owned())
+        Checked::Cmdline(cmdline)
     } else if let Some(key) = text.strip_prefix(PUBKEY_PREFIX) {
         if !is_openssh_public_key(key) {
             return Err(ProtocolError::BadPubkey { line: line_no });
         }
-        Checked::Pubkey(key.to_owned())
+        Checked::Pubkey(key)
     } else if text.is_empty() {
         Checked::Empty
     } else {
-        Checked::Unknown(text.chars().take(40).collect())
+        Checked::Unknown(text)
     })
 }
 
-/// Where the last `cmdline:` or `pubkey:` after the line's start begins: a
-/// cut line joined to the resend that follows it.
-pub fn joined_at(line: &[u8]) -> Option<usize> {
-    [CMDLINE_PREFIX, PUBKEY_PREFIX]
+/// A framed message's body, whose digest matched: its lines as they are,
+/// the later of two lines of a kind winning; no other rule. Line numbers
+/// count from the body's start.
+fn parse_body(body: &[u8]) -> Result<Message, ProtocolError> {
+    let (mut cmdline, mut pubkey) = (None, None);
+    // The body ends with a newline: the end line starts a line.
+    let (mut rest, mut line_no) = (body, 1);
+    while let Some(at) = find_byte(rest, b'\n') {
+        match check_line(&rest[..at], line_no)? {
+            Checked::Cmdline(c) => cmdline = Some(c),
+            Checked::Pubkey(k) => pubkey = Some(k),
+            Checked::Empty | Checked::Unknown(_) => {}
+        }
+        rest = &rest[at + 1..];
+        line_no += 1;
+    }
+    Ok(Message {
+        cmdline: cmdline
+            .ok_or(ProtocolError::FramedWithoutCmdline)?
+            .to_owned(),
+        pubkey: pubkey.map(str::to_owned),
+    })
+}
+
+/// Where the resend begins in a line that a resend ran into, if it is one:
+/// `inner` are the places where `cmdline:` or `pubkey:` begins inside it.
+/// It is one when the text before a resend's start is a cut copy of the
+/// resent text (a prefix of it), or several cut copies in a row, each
+/// starting where a `cmdline:` or `pubkey:` does (cut, resent, cut again);
+/// the latest such start is taken. A cut end line (`end:` and the digits,
+/// spaces and hex it is made of) before a resend is dropped too: an end
+/// line holds no other `:`. Any other text is data.
+pub fn join_at(line: &[u8], inner: &[usize]) -> Option<usize> {
+    let &first = inner.first()?;
+    if let Some(cut) = line[..first].strip_prefix(END_PREFIX.as_bytes()) {
+        let end_line_bytes = |b: &u8| b.is_ascii_digit() || *b == b' ' || (b'a'..=b'f').contains(b);
+        return cut
+            .iter()
+            .all(end_line_bytes)
+            .then(|| join_from(line, inner, first).unwrap_or(first));
+    }
+    join_from(line, inner, 0)
+}
+
+/// The latest of `inner` after `base` (of the last [`JOIN_TRIES`]) before
+/// which `line[base..]` is cut copies of what follows, and from which the
+/// rest is a line the guest takes: a resent line is one the host sent
+/// whole (`cmdline:cmdline:` is the cmdline `cmdline:`, not a cut copy of
+/// an empty one).
+fn join_from(line: &[u8], inner: &[usize], base: usize) -> Option<usize> {
+    inner.iter().rev().take(JOIN_TRIES).copied().find(|&r| {
+        r > base && cut_copies(line, inner, base, r) && check_line(&line[r..], 0).is_ok()
+    })
+}
+
+/// Whether `line[base..resent]` is a run of prefixes of `line[resent..]`,
+/// each after the first starting at one of `inner`.
+fn cut_copies(line: &[u8], inner: &[usize], base: usize, resent: usize) -> bool {
+    let whole = &line[resent..];
+    let mut from = base;
+    loop {
+        let same = common_prefix(&line[from..resent], whole);
+        if from + same == resent {
+            return true;
+        }
+        // This copy ends where the next begins: at the latest resend start
+        // it still agrees up to.
+        let upto = inner.partition_point(|&p| p <= from + same);
+        match inner[..upto].last() {
+            Some(&p) if p > from => from = p,
+            _ => return false,
+        }
+    }
+}
+
+/// How many bytes `a` and `b` have in common from their start; compared
+/// in blocks, as slices compare (memcmp), then byte by byte in the block
+/// that differs.
+fn common_prefix(a: &[u8], b: &[u8]) -> usize {
+    const BLOCK: usize = 64;
+    let n = a.len().min(b.len());
+    let mut i = 0;
+    while i + BLOCK <= n && a[i..i + BLOCK] == b[i..i + BLOCK] {
+        i += BLOCK;
+    }
+    i + a[i..n]
         .iter()
-        .filter_map(|p| {
-            line.windows(p.len())
-                .skip(1)
-                .rposition(|w| w == p.as_bytes())
-                .map(|i| i + 1)
-        })
-        .max()
-}
-
-/// Whether `cmdline:` or `pubkey:` begins anywhere at or after `from`.
-fn prefix_from(buf: &[u8], from: usize) -> bool {
-    [CMDLINE_PREFIX, PUBKEY_PREFIX].iter().any(|p| {
-        buf.get(from..)
-            .is_some_and(|tail| tail.windows(p.len()).any(|w| w == p.as_bytes()))
-    })
+        .zip(&b[i..n])
+        .take_while(|(x, y)| x == y)
+        .count()
 }
 
 #[cfg(test)]
@@ -435,6 +625,29 @@ mod tests {
 
     fn framed(body: &str) -> Vec<u8> {
         format!("{body}{}", crate::wire::end::end_line(body.as_bytes())).into_bytes()
+    }
+
+    #[test]
+    fn find_byte_finds_the_first_at_every_offset() {
+        for len in 0..40 {
+            for at in 0..=len {
+                let mut hay = vec![b'x'; len];
+                if at < len {
+                    hay[at] = b'\n';
+                    // A later one, and bytes one apart from it, change nothing.
+                    hay.iter_mut()
+                        .skip(at + 1)
+                        .step_by(3)
+                        .for_each(|b| *b = b'\x0b');
+                    if at + 2 < len {
+                        hay[at + 2] = b'\n';
+                    }
+                }
+                let want = hay.iter().position(|&b| b == b'\n');
+                assert_eq!(find_byte(&hay, b'\n'), want, "{hay:?}");
+            }
+        }
+        assert_eq!(find_byte(b"\x01\x00\x80\xff:", b':'), Some(4));
     }
 
     #[test]
@@ -471,25 +684,83 @@ mod tests {
     }
 
     #[test]
-    fn cut_line_joined_to_a_resend_over_the_limit_is_refused() {
-        // Each part alone is under the line limit; joined they are not, and
-        // the line is refused as the bytes arrive, before its newline.
-        let cut = format!("cmdline:{}", "a=1 ".repeat((MAX_LINE - 1000) / 4));
-        let resend = format!("cmdline:{}\n", "b=2 ".repeat(2000 / 4));
+    fn cut_line_and_its_resend_over_the_limit_together_give_the_resend() {
+        // Each part alone is under the line limit; joined they are not. A
+        // join is taken whole; a line as long that is not one is refused.
+        let resend = format!("cmdline:{}\n", "a=1 ".repeat((MAX_LINE - 100) / 4));
         let mut d = Decoder::new();
-        d.feed(cut.as_bytes()).unwrap();
-        let err = d.feed(&resend.as_bytes()[..resend.len() - 1]).unwrap_err();
+        d.feed(&resend.as_bytes()[..MAX_LINE - 1000]).unwrap();
+        d.feed(resend.as_bytes()).unwrap();
+        assert_eq!(d.pending(), 0);
+        assert_eq!(
+            d.drain_lines(),
+            vec![
+                Line::Joined {
+                    dropped: MAX_LINE - 1000
+                },
+                Line::Cmdline
+            ]
+        );
+        assert_eq!(
+            d.finish().unwrap().unwrap().cmdline,
+            resend[8..resend.len() - 1]
+        );
+        let other = format!("cmdline:{}\n", "b=2 ".repeat(2000 / 4));
+        let mut d = Decoder::new();
+        d.feed(&resend.as_bytes()[..MAX_LINE - 1000]).unwrap();
+        d.feed(other.as_bytes()).unwrap();
+        assert_eq!(d.finish(), Err(ProtocolError::LineTooLong { line: 1 }));
+        // Over twice the limit nothing can be a join: refused as it arrives.
+        let whole = format!("cmdline:{}", "a".repeat(MAX_LINE));
+        let mut d = Decoder::new();
+        d.feed(&whole.as_bytes()[..MAX_LINE]).unwrap();
+        let err = d.feed(whole.as_bytes()).unwrap_err();
         assert_eq!(err, ProtocolError::LineTooLong { line: 1 });
-        assert!(d.pending() <= MAX_LINE + resend.len());
+        assert!(d.pending() <= MAX_LINE + whole.len());
     }
 
     #[test]
-    fn join_drops_the_cut_messages_earlier_lines_too() {
-        let cut = format!("pubkey:{KEY}\ncmdline:a=1 b");
-        let m = decode(format!("{cut}cmdline:a=1 b=2\n").as_bytes())
+    fn long_cut_then_its_framed_resend_is_the_message() {
+        // Issue 19, item 4: 30,000 bytes of a 40,009-byte framed message,
+        // then the whole message: one line over the limit, and the resend's
+        // digest matches.
+        let body = format!("cmdline:{}\n", "k=v ".repeat(9_980));
+        let whole = framed(&body);
+        let mut bytes = whole[..30_000].to_vec();
+        bytes.extend_from_slice(&whole);
+        let m = decode(&bytes).unwrap().unwrap();
+        assert_eq!(m.cmdline, body[8..body.len() - 1]);
+    }
+
+    #[test]
+    fn join_of_a_cut_copy_and_its_resend_is_found_in_every_shape() {
+        // The resend is the same message, so what the join drops is a
+        // prefix of what follows it: cut inside the pubkey's base64, in a
+        // multi-byte character, inside the prefix itself, twice in a row,
+        // after a prefix inside a value.
+        let m = decode(format!("pubkey:ssh-rsa AAAApubkey:{KEY}\ncmdline:a=1\n").as_bytes())
             .unwrap()
             .unwrap();
-        assert_eq!((m.cmdline.as_str(), m.pubkey), ("a=1 b=2", None));
+        assert_eq!(m.pubkey.as_deref(), Some(KEY));
+        let mut bytes = "cmdline:x=\u{e9}".as_bytes()[..11].to_vec();
+        bytes.extend_from_slice("cmdline:x=\u{e9}\n".as_bytes());
+        assert_eq!(decode(&bytes).unwrap().unwrap().cmdline, "x=\u{e9}");
+        for (bytes, want) in [
+            (&b"cmdlcmdline:a=1 b=2\n"[..], "a=1 b=2"),
+            (b"cmdline:a=1 b=cmdline:a=cmdline:a=1 b=2\n", "a=1 b=2"),
+            (
+                b"cmdline:a=1 n=see-cmdline:docmdline:a=1 n=see-cmdline:docs\n",
+                "a=1 n=see-cmdline:docs",
+            ),
+        ] {
+            let mut d = Decoder::new();
+            d.feed(bytes).unwrap();
+            assert!(matches!(d.drain_lines()[0], Line::Joined { .. }), "{want}");
+            assert_eq!(d.finish().unwrap().unwrap().cmdline, want);
+        }
+        // A cut line before a resend that starts with another line: the
+        // resend's own lines come later and win.
+        let cut = format!("pubkey:{KEY}\ncmdline:a=1 b");
         let m = decode(format!("{cut}pubkey:{KEY}\ncmdline:a=1 b=2\n").as_bytes())
             .unwrap()
             .unwrap();
@@ -497,14 +768,82 @@ mod tests {
             (m.cmdline.as_str(), m.pubkey.as_deref()),
             ("a=1 b=2", Some(KEY))
         );
-        // Cut inside the pubkey's base64, and in a multi-byte character.
-        let m = decode(format!("pubkey:ssh-rsa AAAApubkey:{KEY}\ncmdline:a=1\n").as_bytes())
+    }
+
+    #[test]
+    fn prefix_inside_a_value_or_a_key_comment_is_data() {
+        // Issue 19, item 2: a legacy host's lines holding a prefix inside;
+        // what comes before it is not a copy of what follows, so nothing is
+        // dropped.
+        let cmdline = "type=secstorage eth0ip=169.254.3.4 note=see-cmdline:docs host=10.1.1.1";
+        let m = decode(format!("pubkey:{KEY}\ncmdline:{cmdline}\n").as_bytes())
             .unwrap()
             .unwrap();
-        assert_eq!(m.pubkey.as_deref(), Some(KEY));
-        let mut bytes = "cmdline:x=\u{e9}".as_bytes()[..11].to_vec();
-        bytes.extend_from_slice(b"cmdline:x=2\n");
-        assert_eq!(decode(&bytes).unwrap().unwrap().cmdline, "x=2");
+        assert_eq!(
+            (m.cmdline.as_str(), m.pubkey.as_deref()),
+            (cmdline, Some(KEY))
+        );
+        let key = format!("{KEY} cloud@mgmt cmdline:keyring");
+        let m = decode(format!("pubkey:{key}\ncmdline:a=1\n").as_bytes())
+            .unwrap()
+            .unwrap();
+        assert_eq!(m.pubkey, Some(key));
+        for cmdline in [
+            "a=1 k=pubkey:x",
+            "a=cmdline:a",
+            "x cmdline:x",
+            "pubkey:cmdline:",
+        ] {
+            let mut d = Decoder::new();
+            d.feed(format!("cmdline:{cmdline}\n").as_bytes()).unwrap();
+            assert_eq!(d.drain_lines(), vec![Line::Cmdline], "{cmdline}");
+            assert_eq!(d.finish().unwrap().unwrap().cmdline, cmdline);
+        }
+    }
+
+    #[test]
+    fn framed_body_is_the_message_byte_for_byte() {
+        // Issue 19, item 1: once the digest matches, no rule rewrites it,
+        // even where the unframed rule would see a join.
+        for cmdline in [
+            "template=domP note=pubkey:and_cmdline:inside zone=1",
+            "acmdline:abc",
+            "x=1 cmdline:x=1 y=2",
+        ] {
+            let body = format!("pubkey:{KEY} c@m cmdline:k\ncmdline:{cmdline}\n");
+            let m = decode(&framed(&body)).unwrap().unwrap();
+            assert_eq!(m.cmdline, cmdline);
+            assert_eq!(m.pubkey, Some(format!("{KEY} c@m cmdline:k")));
+        }
+    }
+
+    #[test]
+    fn junk_line_alone_decides_nothing() {
+        // Issue 19, item 3: no cmdline line came with it, so the message is
+        // not complete by the unframed rules, whatever the timing.
+        let mut d = Decoder::new();
+        d.feed(b"\xff\xfe garbage\n").unwrap();
+        assert!(!d.can_conclude());
+        assert_eq!(d.finish(), Ok(None));
+        d.feed(&framed("cmdline:a=1\n")).unwrap();
+        assert_eq!(d.finish().unwrap().unwrap().cmdline, "a=1");
+        // With a cmdline line it is part of the message, and refuses it.
+        let mut d = Decoder::new();
+        d.feed(b"\xff\xfe garbage\ncmdline:a=1\n").unwrap();
+        assert!(d.can_conclude());
+        assert_eq!(d.finish(), Err(ProtocolError::InvalidUtf8 { line: 1 }));
+    }
+
+    #[test]
+    fn end_line_does_not_count_toward_the_message_limit() {
+        // Issue 19, item 5: N goes up to MAX_MESSAGE.
+        let ignored = format!("x:{}\n", "y".repeat(60_000)).repeat(4);
+        for len in [MAX_MESSAGE - 44, MAX_MESSAGE] {
+            let rest = len - ignored.len() - "cmdline:\n".len();
+            let body = format!("{ignored}cmdline:{}\n", "c".repeat(rest));
+            assert_eq!(body.len(), len);
+            assert!(decode(&framed(&body)).unwrap().is_some(), "{len}");
+        }
     }
 
     #[test]
@@ -565,7 +904,7 @@ mod tests {
         let mut bytes = bad;
         bytes.extend_from_slice(&good);
         assert_eq!(decode(&bytes).unwrap().unwrap().cmdline, "a=1");
-        // Unframed, the refusal stands.
+        // Unframed, the refusal stands once a cmdline line completes it.
         assert_eq!(
             decode(b"cmdline:a=\xff\n"),
             Err(ProtocolError::InvalidUtf8 { line: 1 })
@@ -626,7 +965,10 @@ mod tests {
             d.drain_lines(),
             vec![
                 Line::Empty { lines: 1 },
-                Line::Unknown("hello:x".into()),
+                Line::Unknown {
+                    first: "hello:x".into(),
+                    lines: 1
+                },
                 Line::Empty { lines: 3 },
                 Line::Cmdline
             ]
@@ -712,7 +1054,10 @@ mod tests {
             lines in proptest::collection::vec(
                 proptest::prop_oneof![
                     "cmdline:[a-z=. ]{1,30}",
+                    // Prefixes inside a line: data, or a cut copy and its resend.
+                    "(cmdline:|pubkey:|end:|cmdl)?[a-z=]{0,4}(cmdline:|pubkey:)[a-z=]{0,6}",
                     proptest::strategy::Just(format!("pubkey:{KEY}")),
+                    proptest::strategy::Just(format!("pubkey:ssh-rsa AApubkey:{KEY}")),
                     "[a-z]{0,5}:?[ -~]{0,20}",
                     proptest::strategy::Just(String::new()),
                 ], 0..8),
