@@ -55,12 +55,13 @@ pub fn writers(file: &File, proc_root: &Path) -> io::Result<Writers> {
     let found = writers_in_proc(proc_root, meta.dev(), meta.ino())?;
     Ok(if found.written {
         Writers::Written
-    } else if found.any {
+    } else if found.any && !found.denied {
         Writers::Idle
-    } else if !by_lease {
+    } else if !by_lease && !found.any {
         // As before leases: what cannot be read is not counted.
         Writers::None
     } else if found.denied {
+        // One of the descriptors not read may be one that has written.
         Writers::Unknown
     } else {
         Writers::Idle
