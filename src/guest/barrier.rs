@@ -11,10 +11,11 @@
 //!   (inotify IN_CLOSE_WRITE on the directory, IN_MOVED_TO for a writer that
 //!   renames into place), nothing has modified the file since that close
 //!   (no IN_MODIFY, IN_CREATE, IN_DELETE or IN_MOVED_FROM after it), and no
-//!   descriptor still open for writing has written through it (each at
-//!   position 0: a handle qemu-ga keeps from a try of patch.sh whose answer
-//!   was lost, or the closer itself, which the kernel counts a little after
-//!   the close is reported);
+//!   descriptor still open for writing has written through it: each one
+//!   found is at position 0 (a handle qemu-ga keeps from a try of patch.sh
+//!   whose answer was lost), or none is found (the closer itself, which the
+//!   kernel still counts a little after it reports the close, in no
+//!   process's table by then);
 //! - **fresh**: written during this boot: a close seen by the watch, or a
 //!   modification time after the boot began (CLOCK_REALTIME minus
 //!   CLOCK_BOOTTIME). A file from an earlier boot is kept only after the
@@ -26,7 +27,7 @@
 //! deadline, is moved aside to `cmdline.rejected`: the scripts then find no
 //! cmdline, as when the host sends nothing, rather than a wrong one.
 //!
-//! Everything is done on one descriptor, opened once (O_NOFOLLOW,
+//! Each look works on one descriptor, opened once (O_NOFOLLOW,
 //! O_NONBLOCK, so a FIFO never blocks): the checks, the mode (0644, as
 //! `fetch` stores it; qemu-ga creates the file 0666), the flush. Before
 //! releasing, the inode at the path is compared with the descriptor's, so a
