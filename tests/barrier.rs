@@ -363,15 +363,20 @@ fn a_failed_flush_is_one_line_and_the_boot_goes_on() {
     );
 }
 
-/// `barrier` on `b`'s tree as its own process, with `--timeout SECS`.
-fn barrier_process(b: &Bench, timeout: &str) -> std::process::Child {
-    b.tree
-        .cmd("barrier")
-        .arg("--proc-root")
+/// `barrier` on `b`'s tree, with `--timeout SECS`.
+fn barrier_process_command(b: &Bench, timeout: &str) -> std::process::Command {
+    let mut c = b.tree.cmd("barrier");
+    c.arg("--proc-root")
         .arg(&b.proc_root)
         .arg("--cache-dir")
         .arg(b.tree.cache())
-        .args(["--timeout", timeout])
+        .args(["--timeout", timeout]);
+    c
+}
+
+/// [`barrier_process_command`] started, its stderr piped.
+fn barrier_process(b: &Bench, timeout: &str) -> std::process::Child {
+    barrier_process_command(b, timeout)
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap()
@@ -381,19 +386,36 @@ fn barrier_process(b: &Bench, timeout: &str) -> std::process::Child {
 fn a_writer_opening_the_file_again_and_again_never_kills_the_barrier() {
     // Each open for writing breaks a read lease the barrier may hold at
     // that moment; the kernel then signals the lease's holder (SIGIO by
-    // default, whose default action ends the process).
+    // default, whose default action ends the process). strace shows each
+    // such signal, so the writer goes on until one has come.
     let b = Bench::new();
     File::create(b.cmdline()).unwrap();
-    let barrier = barrier_process(&b, "20");
-    let until = Instant::now() + Duration::from_secs(2);
+    let log = b.tree.root().join("signals.log");
+    let plain = barrier_process_command(&b, "30");
+    let barrier = std::process::Command::new("strace")
+        .args(["-qq", "-e", "trace=none", "-e", "signal=SIGIO,SIGURG", "-o"])
+        .arg(&log)
+        .arg("--")
+        .arg(plain.get_program())
+        .args(plain.get_args())
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("strace is needed for this test (apt-get install strace)");
+    let signalled =
+        || fs::read_to_string(&log).is_ok_and(|l| l.contains("SIGIO") || l.contains("SIGURG"));
+    let until = Instant::now() + Duration::from_secs(15);
     let mut opens = 0;
-    while Instant::now() < until {
-        drop(OpenOptions::new().append(true).open(b.cmdline()).unwrap());
-        opens += 1;
+    while Instant::now() < until && !signalled() {
+        for _ in 0..100 {
+            drop(OpenOptions::new().append(true).open(b.cmdline()).unwrap());
+        }
+        opens += 100;
     }
     fs::write(b.cmdline(), "type=secstorage\n").unwrap();
     let out = barrier.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
+    assert!(signalled(), "no lease was broken in {opens} opens");
     assert_eq!(
         out.status.code(),
         Some(0),
