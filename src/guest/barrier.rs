@@ -112,6 +112,7 @@ fn persist(path: &Path, file: &File, watch: &Watch) -> Result<Vec<Event>> {
     if let Err(e) = file.sync_all() {
         warn!("cannot flush the file {} to disk: {e}", path.display());
     }
+    // An `until` already past: only what is queued.
     let mut events = watch.wait(Instant::now())?;
     if events.is_empty() && !same_file(path, file) {
         // The rename's event is queued before rename() returns; this only
@@ -637,8 +638,7 @@ impl Watch {
         })
     }
 
-    /// Sleeps in poll(2) until an event or `until`; returns what came (an
-    /// `until` already past only takes what is queued).
+    /// Sleeps in poll(2) until an event or `until`; returns what came.
     fn wait(&self, until: Instant) -> Result<Vec<Event>> {
         let mut fds = [PollFd::new(self.inotify.as_fd(), PollFlags::POLLIN)];
         match poll(&mut fds, deadline::poll_timeout(until)) {
