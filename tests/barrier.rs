@@ -461,6 +461,32 @@ fn a_whole_file_closed_this_boot_is_released_though_an_idle_handle_stays_open() 
 }
 
 #[test]
+fn a_whole_file_closed_before_the_start_is_released_though_an_idle_handle_stays_open() {
+    // As above, with the writes done before the barrier starts: no close
+    // to see, but the file is from this boot and the handle left has never
+    // written.
+    let mut b = Bench::new();
+    b.this_process_only();
+    let idle = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(b.cmdline())
+        .unwrap();
+    fs::write(b.cmdline(), "type=secstorage name=s-1-VM\n").unwrap();
+    let (r, _) = result(&b.start(10.0, 5.0));
+    assert_eq!(
+        r.unwrap(),
+        Released::Fresh {
+            bytes: 28,
+            since_close: None
+        }
+    );
+    drop(idle);
+}
+
+#[test]
 fn a_cut_file_is_held_while_its_writer_is_open_though_another_handle_closes() {
     // The other side of the rule above: a close seen this boot says the
     // file is whole only if no descriptor still open has written to it.

@@ -7,7 +7,7 @@
 //! - **whole**: qemu-ga writes through a stdio buffer, so until
 //!   `guest-file-close` the file can show a cut prefix (8,192 of 9,000
 //!   bytes). The file is whole when no process holds it open for writing
-//!   ([`openers::writers`]), or when a writer's close was seen this boot
+//!   ([`openers::writers`]); or when a writer's close was seen this boot
 //!   (inotify IN_CLOSE_WRITE on the directory, IN_MOVED_TO for a writer that
 //!   renames into place), nothing has modified the file since that close
 //!   (no IN_MODIFY, IN_CREATE, IN_DELETE or IN_MOVED_FROM after it), and no
@@ -15,7 +15,9 @@
 //!   found is at position 0 (a handle qemu-ga keeps from a try of patch.sh
 //!   whose answer was lost), or none is found (the closer itself, which the
 //!   kernel still counts a little after it reports the close, in no
-//!   process's table by then);
+//!   process's table by then); or, with no close seen, when the file was
+//!   modified this boot, is not empty, and every descriptor still open for
+//!   writing is found at position 0;
 //! - **fresh**: written during this boot: a close seen by the watch, or a
 //!   modification time after the boot began (CLOCK_REALTIME minus
 //!   CLOCK_BOOTTIME). A file from an earlier boot is kept only after the
@@ -262,11 +264,21 @@ fn look(
     if !before.is_file() {
         return Ok(Seen::Unusable("is not a regular file".into()));
     }
+    let fresh_mtime = match (boot, before.modified()) {
+        (Some(boot), Ok(mtime)) => mtime >= boot,
+        _ => false,
+    };
+    // Written this boot, and no descriptor still open has written: the
+    // bytes there came through descriptors closed since (a write moves
+    // its descriptor's position; `w+` truncates and starts at 0), so this
+    // holds for a close from before this run too.
+    let closed_before = fresh_mtime && before.len() > 0;
     let writing = |f: &File| -> Result<Option<Seen>> {
         let w = writers(f, proc_root).map_err(|e| Error::io("cannot tell who writes", path, e))?;
         Ok(match w {
             Writers::None => None,
-            Writers::Idle if closed_since => None,
+            Writers::Idle if closed_since || closed_before => None,
+            Writers::Unseen if closed_since => None,
             Writers::Unknown if closed_since => Some(Seen::Unsure),
             _ => Some(Seen::Writing),
         })
@@ -295,10 +307,6 @@ fn look(
     {
         return Ok(Seen::Writing);
     }
-    let fresh_mtime = match (boot, before.modified()) {
-        (Some(boot), Ok(mtime)) => mtime >= boot,
-        _ => false,
-    };
     Ok(Seen::Closed {
         file,
         content,

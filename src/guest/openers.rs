@@ -20,11 +20,14 @@ use crate::debug;
 pub enum Writers {
     /// Nobody.
     None,
-    /// The kernel counts a writer, but no descriptor under `/proc` that
-    /// could be read has written through it: every one found is at
-    /// position 0 (opened, never written), or none is found at all (the
-    /// count of a descriptor being closed, or one in flight).
+    /// The kernel counts a writer; every descriptor open for writing under
+    /// `/proc` is at position 0 (opened, never written through), and all
+    /// could be read.
     Idle,
+    /// The kernel counts a writer that no descriptor under `/proc` shows,
+    /// and all could be read: the count of a descriptor being closed (the
+    /// close is reported before the count drops), or one in flight.
+    Unseen,
     /// A descriptor open for writing has moved from position 0: it has
     /// written, and may write more.
     Written,
@@ -64,7 +67,7 @@ pub fn writers(file: &File, proc_root: &Path) -> io::Result<Writers> {
         // One of the descriptors not read may be one that has written.
         Writers::Unknown
     } else {
-        Writers::Idle
+        Writers::Unseen
     })
 }
 
@@ -224,7 +227,11 @@ mod tests {
         let path = tmp.path().join("cmdline");
         fs::write(&path, "a=1\n").unwrap();
         let reader = File::open(&path).unwrap();
-        let proc_root = Path::new("/proc");
+        // A /proc of this process only: read whole without root.
+        let proc_root = &tmp.path().join("proc");
+        let pid = std::process::id().to_string();
+        fs::create_dir(proc_root).unwrap();
+        symlink(Path::new("/proc").join(&pid), proc_root.join(&pid)).unwrap();
         assert_eq!(writers(&reader, proc_root).unwrap(), Writers::None);
         let mut writer = OpenOptions::new().write(true).open(&path).unwrap();
         assert_eq!(writers(&reader, proc_root).unwrap(), Writers::Idle);
