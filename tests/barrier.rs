@@ -78,6 +78,16 @@ impl Bench {
             .unwrap()
     }
 
+    /// A /proc that shows only this process (a link to its real entry), so
+    /// that it can be read whole without root.
+    fn this_process_only(&mut self) {
+        let pid = std::process::id().to_string();
+        let own = self.tree.root().join("proc-self");
+        fs::create_dir_all(&own).unwrap();
+        std::os::unix::fs::symlink(Path::new("/proc").join(&pid), own.join(&pid)).unwrap();
+        self.proc_root = own;
+    }
+
     /// A cmdline file from an earlier boot.
     fn stale(&self, text: &str) {
         fs::write(self.cmdline(), text).unwrap();
@@ -351,4 +361,302 @@ fn a_failed_flush_is_one_line_and_the_boot_goes_on() {
         fs::read_to_string(b.cmdline()).unwrap(),
         "type=secstorage\n"
     );
+}
+
+/// `barrier` on `b`'s tree, with `--timeout SECS`.
+fn barrier_process_command(b: &Bench, timeout: &str) -> std::process::Command {
+    let mut c = b.tree.cmd("barrier");
+    c.arg("--proc-root")
+        .arg(&b.proc_root)
+        .arg("--cache-dir")
+        .arg(b.tree.cache())
+        .args(["--timeout", timeout]);
+    c
+}
+
+/// [`barrier_process_command`] started, its stderr piped.
+fn barrier_process(b: &Bench, timeout: &str) -> std::process::Child {
+    barrier_process_command(b, timeout)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn a_writer_opening_the_file_again_and_again_never_kills_the_barrier() {
+    // Each open for writing breaks a read lease the barrier may hold at
+    // that moment; the kernel then signals the lease's holder (SIGIO by
+    // default, whose default action ends the process). strace shows each
+    // such signal, so the writer goes on until one has come.
+    let b = Bench::new();
+    File::create(b.cmdline()).unwrap();
+    let log = b.tree.root().join("signals.log");
+    let plain = barrier_process_command(&b, "30");
+    let barrier = std::process::Command::new("strace")
+        .args(["-qq", "-e", "trace=none", "-e", "signal=SIGIO,SIGURG", "-o"])
+        .arg(&log)
+        .arg("--")
+        .arg(plain.get_program())
+        .args(plain.get_args())
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("strace is needed for this test (apt-get install strace)");
+    let signalled =
+        || fs::read_to_string(&log).is_ok_and(|l| l.contains("SIGIO") || l.contains("SIGURG"));
+    let until = Instant::now() + Duration::from_secs(15);
+    let mut opens = 0;
+    while Instant::now() < until && !signalled() {
+        for _ in 0..100 {
+            drop(OpenOptions::new().append(true).open(b.cmdline()).unwrap());
+        }
+        opens += 100;
+    }
+    fs::write(b.cmdline(), "type=secstorage\n").unwrap();
+    let out = barrier.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(signalled(), "no lease was broken in {opens} opens");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{:?} after {opens} opens: {err}",
+        out.status
+    );
+    assert!(err.contains("whole, fresh and valid"), "{err}");
+}
+
+#[test]
+fn a_whole_file_closed_this_boot_is_released_though_an_idle_handle_stays_open() {
+    // patch.sh retried: an earlier try's guest-file-open succeeded but its
+    // answer was lost, so qemu-ga keeps that handle open and idle; the next
+    // try opens w+, writes the whole cmdline and closes.
+    let mut b = Bench::new();
+    b.this_process_only();
+    let rx = b.start(10.0, 5.0);
+    let _port = b.agent_opens_port();
+    let idle = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(b.cmdline())
+        .unwrap();
+    let text = big_cmdline(9000);
+    let mut w = File::create(b.cmdline()).unwrap();
+    w.write_all(text.as_bytes()).unwrap();
+    drop(w);
+    let (r, _) = result(&rx);
+    assert!(
+        matches!(
+            r,
+            Ok(Released::Fresh {
+                bytes: 9000,
+                since_close: Some(_)
+            })
+        ),
+        "{r:?}"
+    );
+    assert_eq!(fs::read_to_string(b.cmdline()).unwrap(), text);
+    drop(idle);
+}
+
+#[test]
+fn a_whole_file_closed_before_the_start_is_released_though_an_idle_handle_stays_open() {
+    // As above, with the writes done before the barrier starts: no close
+    // to see, but the file is from this boot and the handle left has never
+    // written.
+    let mut b = Bench::new();
+    b.this_process_only();
+    let idle = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(b.cmdline())
+        .unwrap();
+    fs::write(b.cmdline(), "type=secstorage name=s-1-VM\n").unwrap();
+    let (r, _) = result(&b.start(10.0, 5.0));
+    assert_eq!(
+        r.unwrap(),
+        Released::Fresh {
+            bytes: 28,
+            since_close: None
+        }
+    );
+    drop(idle);
+}
+
+#[test]
+fn a_cut_file_is_held_while_its_writer_is_open_though_another_handle_closes() {
+    // The other side of the rule above: a close seen this boot says the
+    // file is whole only if no descriptor still open has written to it.
+    let mut b = Bench::new();
+    b.this_process_only();
+    let rx = b.start(20.0, 5.0);
+    let _port = b.agent_opens_port();
+    let other = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(b.cmdline())
+        .unwrap();
+    let text = big_cmdline(9000);
+    let mut w = File::create(b.cmdline()).unwrap();
+    w.write_all(&text.as_bytes()[..8192]).unwrap();
+    drop(other);
+    not_yet(&rx, Duration::from_millis(800));
+    w.write_all(&text.as_bytes()[8192..]).unwrap();
+    drop(w);
+    let (r, _) = result(&rx);
+    assert!(
+        matches!(r, Ok(Released::Fresh { bytes: 9000, .. })),
+        "{r:?}"
+    );
+    assert_eq!(fs::read_to_string(b.cmdline()).unwrap(), text);
+}
+
+#[test]
+fn a_close_is_enough_while_the_kernel_still_counts_a_writer_no_process_shows() {
+    // fs/file_table.c __fput reports a close before it drops the file's
+    // count of writers, so right after the event the kernel can still count
+    // the closer (on ext4 for as long as a journal commit). A descriptor in
+    // flight in a unix socket is counted the same way and shows in no
+    // process's /proc/PID/fd: it stands in for that window, held open.
+    // (The bench's empty /proc shows no process either, and needs no root
+    // to be read whole.)
+    let b = Bench::new();
+    let rx = b.start(10.0, 5.0);
+    let _port = b.agent_opens_port();
+    let (tx_sock, _rx_sock) = std::os::unix::net::UnixDatagram::pair().unwrap();
+    {
+        let in_flight = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(b.cmdline())
+            .unwrap();
+        send_fd(&tx_sock, &in_flight);
+    }
+    let mut w = File::create(b.cmdline()).unwrap();
+    w.write_all(b"type=secstorage name=s-1-VM\n").unwrap();
+    drop(w);
+    let (r, _) = result(&rx);
+    assert!(matches!(r, Ok(Released::Fresh { bytes: 28, .. })), "{r:?}");
+}
+
+#[test]
+fn a_file_swapped_in_between_the_check_and_the_release_is_never_released_as_checked() {
+    // strace holds the barrier on entering fsync (after it checked the
+    // file, before it releases it) while another file is renamed into place.
+    let b = Bench::new();
+    let other = b.tree.cache().join("other");
+    fs::write(&other, "type=foreign\nrm -rf /\n").unwrap();
+    let swap = {
+        let (other, target) = (other.clone(), b.cmdline());
+        thread::spawn(move || {
+            thread::sleep(Duration::from_millis(1500));
+            fs::rename(other, target).unwrap();
+        })
+    };
+    let args = [
+        "-o",
+        "/dev/null",
+        "-e",
+        "trace=fsync",
+        "-e",
+        "inject=fsync:delay_enter=3000000",
+    ];
+    let out = barrier_under_strace(&b, &args);
+    swap.join().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("whole, fresh and valid"), "{err}");
+    assert_eq!(out.status.code(), Some(exit::DATA), "{err}");
+    assert_eq!(
+        fs::read_to_string(b.tree.cache().join(REJECTED_FILE)).unwrap(),
+        "type=foreign\nrm -rf /\n"
+    );
+}
+
+#[test]
+fn a_world_writable_cmdline_is_released_mode_0644_saying_so() {
+    // qemu-ga creates the file 0666; root's boot scripts parse it.
+    use std::os::unix::fs::PermissionsExt;
+    let b = Bench::new();
+    fs::write(b.cmdline(), "type=secstorage\n").unwrap();
+    fs::set_permissions(b.cmdline(), fs::Permissions::from_mode(0o666)).unwrap();
+    let out = barrier_process(&b, "5").wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    let mode = fs::metadata(b.cmdline()).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode, 0o644, "{err}");
+    assert_eq!(
+        err.lines().filter(|l| l.contains("mode 666")).count(),
+        1,
+        "{err}"
+    );
+}
+
+#[test]
+fn a_symlink_or_a_fifo_at_the_path_is_moved_aside_unread() {
+    for plant in ["symlink", "fifo"] {
+        let b = Bench::new();
+        let target = b.tree.root().join("elsewhere");
+        fs::write(&target, "type=secstorage\n").unwrap();
+        match plant {
+            "symlink" => std::os::unix::fs::symlink(&target, b.cmdline()).unwrap(),
+            _ => nix::unistd::mkfifo(
+                &b.cmdline(),
+                nix::sys::stat::Mode::from_bits_truncate(0o644),
+            )
+            .unwrap(),
+        }
+        let (r, _) = result(&b.start(20.0, 5.0));
+        let e = r.unwrap_err();
+        assert_eq!(e.exit_code(), exit::DATA, "{plant}: {e}");
+        let want = if plant == "symlink" {
+            "is a symlink"
+        } else {
+            "is not a regular file"
+        };
+        assert!(e.to_string().contains(want), "{plant}: {e}");
+        assert!(!b.cmdline().exists() && b.cmdline().symlink_metadata().is_err());
+        let aside = b
+            .tree
+            .cache()
+            .join(REJECTED_FILE)
+            .symlink_metadata()
+            .unwrap();
+        assert_eq!(aside.file_type().is_symlink(), plant == "symlink");
+        assert_eq!(fs::read_to_string(&target).unwrap(), "type=secstorage\n");
+    }
+}
+
+/// Sends `file`'s descriptor over `sock` (SCM_RIGHTS); until the other end
+/// receives it, it is in flight: counted by the kernel, in no fd table.
+fn send_fd(sock: &std::os::unix::net::UnixDatagram, file: &File) {
+    use nix::libc;
+    use std::os::fd::AsRawFd;
+    let fd = file.as_raw_fd();
+    let mut byte = [b'x'];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    // SAFETY: a control buffer sized by CMSG_SPACE for one descriptor,
+    // filled through the CMSG_* accessors, for one sendmsg call.
+    unsafe {
+        let space = libc::CMSG_SPACE(std::mem::size_of::<libc::c_int>() as u32) as usize;
+        let mut control = vec![0u8; space];
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = space as _;
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<libc::c_int>() as u32) as _;
+        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::c_int>(), fd);
+        assert_eq!(libc::sendmsg(sock.as_raw_fd(), &msg, 0), 1);
+    }
 }

@@ -808,6 +808,40 @@ fn parse_strace_line(line: &str) -> Option<(String, String, String)> {
     Some((name.to_owned(), args.to_owned(), result.trim().to_owned()))
 }
 
+/// A directory the run makes is on disk only once its parent is: each
+/// mkdirat() that made one is followed, before the next, by an fsync of
+/// the parent's descriptor (else a power cut could lose the directory with the files
+/// synced into it).
+#[test]
+fn each_directory_made_is_followed_by_an_fsync_of_its_parent() {
+    let t = Tree::with_port();
+    let log = t.path("strace.log");
+    let args = ["-o", log.to_str().unwrap(), "-e", "trace=mkdirat,fsync"];
+    let out = fetch_under_strace(&t, &args, message(CMDLINE_NEW, Some(KEY_NEW)).as_bytes());
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let calls: Vec<(String, String, String)> = fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .filter_map(parse_strace_line)
+        .collect();
+    let made: Vec<usize> = (0..calls.len())
+        .filter(|&i| calls[i].0 == "mkdirat" && calls[i].2 == "0")
+        .collect();
+    // var/cache/cloud and root/.ssh, from the tree's root down.
+    assert!(made.len() >= 4, "{calls:#?}");
+    for (n, &m) in made.iter().enumerate() {
+        let parent = calls[m].1.split(", ").next().unwrap();
+        let next = made.get(n + 1).copied().unwrap_or(calls.len());
+        assert!(
+            calls[m + 1..next]
+                .iter()
+                .any(|c| c.0 == "fsync" && c.1 == parent && c.2 == "0"),
+            "no fsync of {parent} after {:?}: {calls:#?}",
+            calls[m]
+        );
+    }
+}
+
 /// What SIGKILL cannot show, a power cut can: each file's data must be on
 /// disk before the rename that makes it the target, and the rename on disk
 /// (the directory synced) before the next file is started. The order of the

@@ -4,12 +4,20 @@
 //! non-empty. The barrier runs before those scripts and returns only once
 //! the file is
 //!
-//! - **whole**: no process holds it open for writing. qemu-ga writes through
-//!   a stdio buffer, so until `guest-file-close` the file can show a cut
-//!   prefix (8,192 of 9,000 bytes). The barrier waits for the writer's close
+//! - **whole**: qemu-ga writes through a stdio buffer, so until
+//!   `guest-file-close` the file can show a cut prefix (8,192 of 9,000
+//!   bytes). The file is whole when no process holds it open for writing
+//!   ([`openers::writers`]); or when a writer's close was seen this boot
 //!   (inotify IN_CLOSE_WRITE on the directory, IN_MOVED_TO for a writer that
-//!   renames into place), and decides about a file already there from the
-//!   kernel's count of writers ([`openers::open_for_writing`]);
+//!   renames into place), nothing has modified the file since that close
+//!   (no IN_MODIFY, IN_CREATE, IN_DELETE or IN_MOVED_FROM after it), and no
+//!   descriptor still open for writing has written through it: each one
+//!   found is at position 0 (a handle qemu-ga keeps from a try of patch.sh
+//!   whose answer was lost), or none is found (the closer itself, which the
+//!   kernel still counts a little after it reports the close, in no
+//!   process's table by then); or, with no close seen, when the file was
+//!   modified this boot, is not empty, and every descriptor still open for
+//!   writing is found at position 0;
 //! - **fresh**: written during this boot: a close seen by the watch, or a
 //!   modification time after the boot began (CLOCK_REALTIME minus
 //!   CLOCK_BOOTTIME). A file from an earlier boot is kept only after the
@@ -20,10 +28,17 @@
 //! A file that fails the checks, or that a writer still holds at the
 //! deadline, is moved aside to `cmdline.rejected`: the scripts then find no
 //! cmdline, as when the host sends nothing, rather than a wrong one.
+//!
+//! Each look works on one descriptor, opened once (O_NOFOLLOW,
+//! O_NONBLOCK, so a FIFO never blocks): the checks, the mode (0644, as
+//! `fetch` stores it; qemu-ga creates the file 0666), the flush. Before
+//! releasing, the inode at the path is compared with the descriptor's, so a
+//! file renamed into place meanwhile is looked at anew, never released as
+//! the one checked.
 
 use std::fs::{self, File};
 use std::io::{self, Read};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -34,9 +49,9 @@ use nix::poll::{poll, PollFd, PollFlags};
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
 use nix::time::{clock_gettime, ClockId};
 
-use super::openers::{device_held, open_for_writing};
+use super::openers::{device_held, writers, Writers};
 use super::ports::{self, Selector, Verdict, GUEST_AGENT_PORT};
-use super::store::CMDLINE_FILE;
+use super::store::{CMDLINE_FILE, CMDLINE_MODE};
 use crate::error::{Error, Result};
 use crate::wire::MAX_MESSAGE;
 use crate::{deadline, debug, info, warn};
@@ -82,18 +97,78 @@ pub enum Released {
     KeptStored { bytes: usize },
 }
 
-/// Flushes the released file and its directory entry to disk. qemu-ga
+/// Leaves the checked file as the boot scripts should find it, on its
+/// descriptor: mode 0644 ([`leave_mode`]) and flushed to disk. qemu-ga
 /// never fsyncs, so the file sits in the page cache: a forced stop soon
 /// after (CloudStack stops a VM that does not shut down with `virsh
 /// destroy`) left the next boot without a resend a file cut to 69,632 of
-/// its 70,000 bytes (seen under libvirt). The boot goes on if this fails;
-/// the file is whole in memory.
-fn persist(path: &Path) {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    for (what, p) in [("file", path), ("directory", dir)] {
-        if let Err(e) = File::open(p).and_then(|f| f.sync_all()) {
-            warn!("cannot flush the {what} {} to disk: {e}", p.display());
+/// its 70,000 bytes (seen under libvirt). The boot goes on if the flush
+/// fails; the file is whole in memory.
+///
+/// Then makes sure it is still what the scripts will read: the same inode
+/// at the path, and no event about the file since the look. Returns those
+/// events (empty when all is well, and the directory is flushed too);
+/// otherwise the caller takes them in and looks again.
+fn persist(path: &Path, file: &File, watch: &Watch) -> Result<Vec<Event>> {
+    leave_mode(path, file);
+    if let Err(e) = file.sync_all() {
+        warn!("cannot flush the file {} to disk: {e}", path.display());
+    }
+    // An `until` already past: only what is queued.
+    let mut events = watch.wait(Instant::now())?;
+    if events.is_empty() && !same_file(path, file) {
+        // The rename's event is queued before rename() returns; this only
+        // makes sure of a look again.
+        events.push(Event::Other);
+    }
+    if events.is_empty() {
+        let dir = path.parent().unwrap_or(Path::new("."));
+        if let Err(e) = File::open(dir).and_then(|f| f.sync_all()) {
+            warn!("cannot flush the directory {} to disk: {e}", dir.display());
         }
+    } else {
+        debug!(
+            "{} changed after it was checked; looking again",
+            path.display()
+        );
+    }
+    Ok(events)
+}
+
+/// Whether the path still names the inode `file` is open on.
+fn same_file(path: &Path, file: &File) -> bool {
+    match (fs::symlink_metadata(path), file.metadata()) {
+        (Ok(p), Ok(f)) => (p.dev(), p.ino()) == (f.dev(), f.ino()),
+        _ => false,
+    }
+}
+
+/// Gives the file mode 0644, as `fetch` stores it. qemu-ga creates it 0666
+/// (seen in the booted image): any local user could then rewrite what
+/// root's boot scripts parse on the next boot. Said in one line; a failure
+/// (not the file's owner) is a warning, and the boot goes on.
+fn leave_mode(path: &Path, file: &File) {
+    let Ok(mode) = file.metadata().map(|m| m.mode() & 0o7777) else {
+        return;
+    };
+    if mode == CMDLINE_MODE {
+        return;
+    }
+    let want = nix::sys::stat::Mode::from_bits_truncate(CMDLINE_MODE);
+    match nix::sys::stat::fchmod(file.as_raw_fd(), want) {
+        Ok(()) => info!(
+            "{} was mode {mode:o}{}; made it {CMDLINE_MODE:o}, as `fetch` stores it",
+            path.display(),
+            if mode & 0o022 != 0 {
+                " (writable by other users)"
+            } else {
+                ""
+            }
+        ),
+        Err(e) => warn!(
+            "cannot make {} mode {CMDLINE_MODE:o} (it is {mode:o}): {e}",
+            path.display()
+        ),
     }
 }
 
@@ -143,17 +218,33 @@ enum Seen {
     Missing,
     /// A process holds it open for writing: what is there may be cut.
     Writing,
+    /// A close was seen and nothing changed the file since, but the kernel
+    /// still counts a writer whose descriptor cannot be read: ask again.
+    Unsure,
     /// Not readable: qemu-ga creates the file with mode 0 and gives it its
     /// mode only after (qga's safe_open_or_create), and this runs without
     /// CAP_DAC_OVERRIDE; a file that stays so is refused at the deadline.
     Unreadable,
-    /// Closed, with this content; `fresh_mtime`: modified during this boot.
-    Closed { content: Vec<u8>, fresh_mtime: bool },
+    /// Closed, with this content, read from `file`; `fresh_mtime`:
+    /// modified during this boot.
+    Closed {
+        file: File,
+        content: Vec<u8>,
+        fresh_mtime: bool,
+    },
     /// Not a regular file (a symlink, a directory, a fifo).
     Unusable(String),
 }
 
-fn look(path: &Path, proc_root: &Path, boot: Option<SystemTime>) -> Result<Seen> {
+/// What the cmdline file is now. `closed_since`: a writer's close was seen
+/// and nothing has changed the file since ([`Writes::untouched`]); then a
+/// writer that has not written does not keep the file from being whole.
+fn look(
+    path: &Path,
+    proc_root: &Path,
+    boot: Option<SystemTime>,
+    closed_since: bool,
+) -> Result<Seen> {
     let file = match File::options()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
@@ -173,11 +264,27 @@ fn look(path: &Path, proc_root: &Path, boot: Option<SystemTime>) -> Result<Seen>
     if !before.is_file() {
         return Ok(Seen::Unusable("is not a regular file".into()));
     }
-    let writing = |f: &File| {
-        open_for_writing(f, proc_root).map_err(|e| Error::io("cannot tell who writes", path, e))
+    let fresh_mtime = match (boot, before.modified()) {
+        (Some(boot), Ok(mtime)) => mtime >= boot,
+        _ => false,
     };
-    if writing(&file)? {
-        return Ok(Seen::Writing);
+    // Written this boot, and no descriptor still open has written: the
+    // bytes there came through descriptors closed since (a write moves
+    // its descriptor's position; `w+` truncates and starts at 0), so this
+    // holds for a close from before this run too.
+    let closed_before = fresh_mtime && before.len() > 0;
+    let writing = |f: &File| -> Result<Option<Seen>> {
+        let w = writers(f, proc_root).map_err(|e| Error::io("cannot tell who writes", path, e))?;
+        Ok(match w {
+            Writers::None => None,
+            Writers::Idle if closed_since || closed_before => None,
+            Writers::Unseen if closed_since => None,
+            Writers::Unknown if closed_since => Some(Seen::Unsure),
+            _ => Some(Seen::Writing),
+        })
+    };
+    if let Some(seen) = writing(&file)? {
+        return Ok(seen);
     }
     if before.len() == 0 {
         return Ok(Seen::Missing);
@@ -192,16 +299,16 @@ fn look(path: &Path, proc_root: &Path, boot: Option<SystemTime>) -> Result<Seen>
     let after = file
         .metadata()
         .map_err(|e| Error::io("cannot stat", path, e))?;
-    if writing(&file)?
-        || (after.ctime(), after.ctime_nsec()) != (before.ctime(), before.ctime_nsec())
+    if let Some(seen) = writing(&file)? {
+        return Ok(seen);
+    }
+    if (after.ctime(), after.ctime_nsec(), after.len())
+        != (before.ctime(), before.ctime_nsec(), before.len())
     {
         return Ok(Seen::Writing);
     }
-    let fresh_mtime = match (boot, before.modified()) {
-        (Some(boot), Ok(mtime)) => mtime >= boot,
-        _ => false,
-    };
     Ok(Seen::Closed {
+        file,
         content,
         fresh_mtime,
     })
@@ -260,47 +367,50 @@ pub fn barrier(opts: &BarrierOptions) -> Result<Released> {
     );
     let boot = boot_time();
     let overall = deadline::after(start, opts.timeout);
-    let mut closed_at: Option<Instant> = None;
+    let mut writes = Writes::default();
     let mut said_stale = false;
     let mut said_waiting = false;
-    let mut just_closed = false;
+    let mut recheck = Recheck::default();
+    // Events a release found, taken in before looking again.
+    let mut pending: Option<Vec<Event>> = None;
     loop {
-        let mut seen = look(&path, &opts.proc_root, boot)?;
-        // fs/file_table.c __fput reports the close (fsnotify_close) before
-        // it drops the writer's count (put_file_access), so right after the
-        // event the file can still count as open for writing: look again a
-        // few times within ~60 ms before waiting for another event.
-        let mut pause = Duration::from_millis(1);
-        while just_closed && matches!(seen, Seen::Writing) && pause <= Duration::from_millis(32) {
-            std::thread::sleep(pause);
-            pause *= 2;
-            seen = look(&path, &opts.proc_root, boot)?;
-        }
-        just_closed = false;
+        let seen = look(&path, &opts.proc_root, boot, writes.untouched())?;
         let now = Instant::now();
         let mut stale = false;
+        let mut ask_again = None;
         match seen {
             Seen::Unusable(why) => return reject(&path, &why),
             Seen::Closed {
+                file,
                 content,
                 fresh_mtime,
             } => {
-                if closed_at.is_some() || fresh_mtime {
-                    let bytes = valid_or_reject(&path, &content)?;
-                    let since_close = closed_at.map(|t| t.elapsed());
-                    persist(&path);
-                    info!(
-                        "{} is whole, fresh and valid ({bytes} bytes){}; releasing the boot",
-                        path.display(),
-                        since_close
-                            .map(|d| format!(", {} us after its writer closed it", d.as_micros()))
-                            .unwrap_or_else(|| ", written before this started".into())
-                    );
-                    return Ok(Released::Fresh { bytes, since_close });
-                }
+                let fresh = writes.closed_at.is_some() || fresh_mtime;
                 let grace_over = agent_since.is_some_and(|s| now >= deadline::after(s, opts.grace));
-                if grace_over || now >= overall {
-                    let bytes = valid_or_reject(&path, &content)?;
+                if fresh || grace_over || now >= overall {
+                    let Some(bytes) = valid_or_reject(&path, &file, &content)? else {
+                        pending = Some(vec![Event::Other]);
+                        continue;
+                    };
+                    let events = persist(&path, &file, &watch)?;
+                    if !events.is_empty() {
+                        pending = Some(events);
+                        continue;
+                    }
+                    if fresh {
+                        let since_close = writes.closed_at.map(|t| t.elapsed());
+                        info!(
+                            "{} is whole, fresh and valid ({bytes} bytes){}; releasing the boot",
+                            path.display(),
+                            since_close
+                                .map(|d| format!(
+                                    ", {} us after its writer closed it",
+                                    d.as_micros()
+                                ))
+                                .unwrap_or_else(|| ", written before this started".into())
+                        );
+                        return Ok(Released::Fresh { bytes, since_close });
+                    }
                     info!(
                         "no fresh parameters {}; keeping the cmdline from an earlier boot in {} ({bytes} bytes)",
                         if grace_over {
@@ -322,7 +432,7 @@ pub fn barrier(opts: &BarrierOptions) -> Result<Released> {
                     said_stale = true;
                 }
             }
-            Seen::Writing if now >= overall => {
+            Seen::Writing | Seen::Unsure if now >= overall => {
                 return reject(
                     &path,
                     &format!(
@@ -347,6 +457,7 @@ pub fn barrier(opts: &BarrierOptions) -> Result<Released> {
                     opts.timeout
                 )));
             }
+            Seen::Unsure => ask_again = Some(recheck.next(now)),
             Seen::Writing | Seen::Missing | Seen::Unreadable => {
                 if !said_waiting {
                     info!(
@@ -358,18 +469,36 @@ pub fn barrier(opts: &BarrierOptions) -> Result<Released> {
                 }
             }
         }
+        if ask_again.is_none() {
+            recheck = Recheck::default();
+        }
         let until = match agent_since {
             Some(since) if stale => deadline::after(since, opts.grace).min(overall),
             _ => overall,
         };
-        for event in watch.wait(until)? {
+        let until = ask_again.map_or(until, |t| t.min(until));
+        let events = loop {
+            let events = match pending.take() {
+                Some(events) => events,
+                None => watch.wait(until)?,
+            };
+            // A change alone (a write, a truncation) never makes the file
+            // whole: taken in without a look (qemu-ga's writes of a 70 KB
+            // cmdline are 17 of them).
+            if !events.is_empty()
+                && events.iter().all(|e| matches!(e, Event::Changed))
+                && Instant::now() < until
+            {
+                events.iter().for_each(|e| writes.note(e));
+                continue;
+            }
+            break events;
+        };
+        for event in events {
+            writes.note(&event);
             match event {
-                Event::Closed => {
-                    debug!("a writer closed {}", path.display());
-                    closed_at = Some(Instant::now());
-                    just_closed = true;
-                }
-                Event::Other => {}
+                Event::Closed => debug!("a writer closed {}", path.display()),
+                Event::Changed | Event::Other => {}
                 Event::AgentOpened => {
                     debug!("qemu-ga opened its port ({})", agent.entry);
                     agent_since = Some(Instant::now());
@@ -379,10 +508,67 @@ pub fn barrier(opts: &BarrierOptions) -> Result<Released> {
     }
 }
 
-fn valid_or_reject(path: &Path, content: &[u8]) -> Result<usize> {
+/// What the watch has seen of the cmdline's writers during this run.
+#[derive(Debug, Default)]
+struct Writes {
+    /// When a writer's close (or a rename into place) was last seen.
+    closed_at: Option<Instant>,
+    /// Something modified, created or removed the file after that close.
+    touched_since: bool,
+}
+
+impl Writes {
+    fn note(&mut self, event: &Event) {
+        match event {
+            Event::Closed => {
+                self.closed_at = Some(Instant::now());
+                self.touched_since = false;
+            }
+            // An overflow may have lost a modification.
+            Event::Changed | Event::Other => self.touched_since = true,
+            Event::AgentOpened => {}
+        }
+    }
+
+    /// A close was seen and nothing has changed the file since: what the
+    /// closer left is what is there.
+    fn untouched(&self) -> bool {
+        self.closed_at.is_some() && !self.touched_since
+    }
+}
+
+/// When to ask the kernel again while it still counts a writer that
+/// cannot be told apart ([`Seen::Unsure`]); no event will come when that
+/// count drops. Asks after 1 ms, doubling up to every RECHECK_MAX, until
+/// it is certain or the deadline comes: the closer's count drops within
+/// milliseconds of its close (docs/current-cloudstack.md, "Cost"), so the
+/// first few asks settle that case, and the rest cost a few looks a
+/// second.
+#[derive(Debug, Default)]
+struct Recheck {
+    pause: Option<Duration>,
+}
+
+const RECHECK_MAX: Duration = Duration::from_millis(250);
+
+impl Recheck {
+    fn next(&mut self, now: Instant) -> Instant {
+        let pause = self
+            .pause
+            .map_or(Duration::from_millis(1), |p| (p * 2).min(RECHECK_MAX));
+        self.pause = Some(pause);
+        now + pause
+    }
+}
+
+/// The file's length when it passes the checks. Otherwise it is moved
+/// aside (an error); None when the path no longer holds the checked file,
+/// which is then looked at again.
+fn valid_or_reject(path: &Path, file: &File, content: &[u8]) -> Result<Option<usize>> {
     match check_file(content) {
-        Ok(_) => Ok(content.len()),
-        Err(why) => reject(path, &why).map(|_| 0),
+        Ok(_) => Ok(Some(content.len())),
+        Err(_) if !same_file(path, file) => Ok(None),
+        Err(why) => reject(path, &why).map(|_| None),
     }
 }
 
@@ -413,10 +599,14 @@ struct Watch {
     node: Option<WatchDescriptor>,
 }
 
+#[derive(Debug)]
 enum Event {
     /// A writer closed the cmdline, or renamed one into place.
     Closed,
-    /// The cmdline was created or the queue overflowed: look again.
+    /// The cmdline was written to, truncated, created, removed or renamed
+    /// away.
+    Changed,
+    /// The queue overflowed (events were lost): look again.
     Other,
     AgentOpened,
 }
@@ -439,6 +629,9 @@ impl Watch {
                 AddWatchFlags::IN_CLOSE_WRITE
                     | AddWatchFlags::IN_MOVED_TO
                     | AddWatchFlags::IN_CREATE
+                    | AddWatchFlags::IN_MODIFY
+                    | AddWatchFlags::IN_DELETE
+                    | AddWatchFlags::IN_MOVED_FROM
                     | AddWatchFlags::IN_ONLYDIR,
             )
             .map_err(|e| Error::io("cannot watch", dir, e.into()))?;
@@ -481,7 +674,7 @@ impl Watch {
                         {
                             Event::Closed
                         } else {
-                            Event::Other
+                            Event::Changed
                         },
                     )
                 } else {
@@ -496,6 +689,7 @@ impl Watch {
 mod tests {
     use super::*;
     use crate::wire::{check_cmdline, CMDLINE_PREFIX, MAX_LINE};
+    use std::io::Write;
 
     /// The longest cmdline the port accepts on one line.
     const PORT_CMDLINE_LIMIT: usize = MAX_LINE - CMDLINE_PREFIX.len();
@@ -548,9 +742,53 @@ mod tests {
     }
 
     #[test]
-    fn boot_time_is_in_the_past() {
-        let boot = boot_time().unwrap();
-        assert!(boot < SystemTime::now());
+    fn boot_time_is_the_kernels_btime() {
+        // /proc/stat's btime: the kernel's own boot time, in whole seconds.
+        let stat = fs::read_to_string("/proc/stat").unwrap();
+        let btime: u64 = stat
+            .lines()
+            .find_map(|l| l.strip_prefix("btime "))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let boot = boot_time().unwrap().duration_since(UNIX_EPOCH).unwrap();
+        let off = boot.as_secs_f64() - btime as f64;
+        assert!((-1.0..2.0).contains(&off), "boot_time is {off} s off btime");
+    }
+
+    #[test]
+    fn rechecks_back_off_from_1_ms_to_the_cap() {
+        let now = Instant::now();
+        let mut r = Recheck::default();
+        let pauses: Vec<u128> = (0..11).map(|_| (r.next(now) - now).as_millis()).collect();
+        assert_eq!(pauses, [1, 2, 4, 8, 16, 32, 64, 128, 250, 250, 250]);
+    }
+
+    #[test]
+    fn a_writer_that_has_not_written_counts_only_before_a_close() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join(CMDLINE_FILE);
+        fs::write(&path, "a=1\n").unwrap();
+        let idle = File::options().write(true).open(&path).unwrap();
+        // A /proc of this process only: read whole without root.
+        let proc_root = &tmp.path().join("proc");
+        let pid = std::process::id().to_string();
+        fs::create_dir(proc_root).unwrap();
+        std::os::unix::fs::symlink(Path::new("/proc").join(&pid), proc_root.join(&pid)).unwrap();
+        assert!(matches!(
+            look(&path, proc_root, None, false).unwrap(),
+            Seen::Writing
+        ));
+        assert!(matches!(
+            look(&path, proc_root, None, true).unwrap(),
+            Seen::Closed { .. }
+        ));
+        (&idle).write_all(b"a").unwrap();
+        assert!(matches!(
+            look(&path, proc_root, None, true).unwrap(),
+            Seen::Writing
+        ));
     }
 
     #[test]
@@ -560,14 +798,15 @@ mod tests {
         let mut w = File::create(&path).unwrap();
         std::io::Write::write_all(&mut w, &[b'x'; 8192]).unwrap();
         assert!(matches!(
-            look(&path, Path::new("/proc"), boot_time()).unwrap(),
+            look(&path, Path::new("/proc"), boot_time(), false).unwrap(),
             Seen::Writing
         ));
         drop(w);
-        match look(&path, Path::new("/proc"), boot_time()).unwrap() {
+        match look(&path, Path::new("/proc"), boot_time(), false).unwrap() {
             Seen::Closed {
                 content,
                 fresh_mtime,
+                ..
             } => {
                 assert_eq!(content.len(), 8192);
                 assert!(fresh_mtime);
@@ -586,17 +825,11 @@ mod tests {
         let t = nix::sys::time::TimeVal::new(secs, 0);
         nix::sys::stat::utimes(&path, &t, &t).unwrap();
         assert!(matches!(
-            look(&path, Path::new("/proc"), boot_time()).unwrap(),
+            look(&path, Path::new("/proc"), boot_time(), false).unwrap(),
             Seen::Closed {
                 fresh_mtime: false,
                 ..
             }
-        ));
-        let link = tmp.path().join("link");
-        std::os::unix::fs::symlink(&path, &link).unwrap();
-        assert!(matches!(
-            look(&link, Path::new("/proc"), boot_time()).unwrap(),
-            Seen::Unusable(_)
         ));
     }
 
@@ -605,12 +838,12 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let path = tmp.path().join(CMDLINE_FILE);
         assert!(matches!(
-            look(&path, Path::new("/proc"), None).unwrap(),
+            look(&path, Path::new("/proc"), None, false).unwrap(),
             Seen::Missing
         ));
         fs::write(&path, "").unwrap();
         assert!(matches!(
-            look(&path, Path::new("/proc"), None).unwrap(),
+            look(&path, Path::new("/proc"), None, false).unwrap(),
             Seen::Missing
         ));
     }

@@ -306,8 +306,9 @@ fn open_target(dir: &Path, role: Role) -> Result<OwnedFd> {
 /// Makes `dir` and its missing parents: from the nearest existing parent
 /// down, each made with mkdirat() and opened with openat(O_NOFOLLOW) in the
 /// descriptor of the one above, its mode set with fchmod() on that
-/// descriptor (mkdir's mode is cut by the umask). The last gets `mode`;
-/// it is never more open than that, even for a moment.
+/// descriptor (mkdir's mode is cut by the umask), and the parent fsync'd
+/// so that the new entry is on disk. The last gets `mode`; it is never more
+/// open than that, even for a moment.
 fn create_dirs(dir: &Path, mode: u32) -> Result<OwnedFd> {
     let mut missing: Vec<&OsStr> = Vec::new();
     let mut base = dir;
@@ -345,6 +346,11 @@ fn create_dirs(dir: &Path, mode: u32) -> Result<OwnedFd> {
         if made {
             fchmod(child.as_raw_fd(), Mode::from_bits_truncate(want))
                 .map_err(|e| Error::io("cannot set the mode of", &path, e.into()))?;
+            // The new entry is on disk only once its parent is: without
+            // this, a power cut could lose the directory with the files
+            // stored (and fsync'd) in it.
+            nix::unistd::fsync(fd.as_raw_fd())
+                .map_err(|e| Error::io("cannot flush", path.parent().unwrap_or(&path), e.into()))?;
         }
         fd = child;
     }
