@@ -238,23 +238,36 @@ pub fn barrier(opts: &BarrierOptions) -> Result<Released> {
         );
         return Ok(Released::NoChannel);
     };
-    hold(opts, &mut watch, agent, start, false)
+    hold(opts, &mut watch, agent, start, Keep::AfterGrace)
+}
+
+/// When a valid file from an earlier boot is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keep {
+    /// `grace` after qemu-ga opens its port (no shutdown record).
+    AfterGrace,
+    /// At once (the previous boot ended in a clean reboot, after which the
+    /// host sends nothing); `grace` is then 0.
+    AtOnce,
+    /// Only at the deadline (after a poweroff a start follows and the host
+    /// writes): qemu-ga's open of its port starts no grace period.
+    AtDeadline,
 }
 
 /// The guest agent's port is there and no `*.vport` port: holds the boot
-/// on the cmdline file, with `watch` set up since `start`. `keep_at_once`:
-/// a file from an earlier boot is kept without a grace period (the
-/// previous boot ended in a clean reboot, after which the host sends
-/// nothing).
+/// on the cmdline file, with `watch` set up since `start`; `keep` says when
+/// a file from an earlier boot is kept.
 pub fn hold(
     opts: &BarrierOptions,
     watch: &mut Watch,
     agent: &Port,
     start: Instant,
-    keep_at_once: bool,
+    keep: Keep,
 ) -> Result<Released> {
     let path = opts.cache_dir.join(CMDLINE_FILE);
-    watch.watch_node(&agent.node);
+    if keep != Keep::AtDeadline {
+        watch.watch_node(&agent.node);
+    }
     // Asked after the watch is set, so that an open after this is an event.
     let held = agent.dev.and_then(|(major, minor)| {
         device_held(
@@ -263,7 +276,8 @@ pub fn hold(
         )
     });
     let mut agent_since = match held {
-        _ if keep_at_once => Some(start),
+        _ if keep == Keep::AtOnce => Some(start),
+        _ if keep == Keep::AtDeadline => None,
         Some(false) => None,
         // Held, or cannot be told: count the grace period from now.
         _ => Some(start),

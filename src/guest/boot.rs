@@ -22,7 +22,7 @@ use std::path::PathBuf;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use super::barrier::{self, BarrierOptions, Released, Watch};
+use super::barrier::{self, BarrierOptions, Keep, Released, Watch};
 use super::fetch::{self, FetchOptions, Outcome};
 use super::ports::{Port, Verdict, GUEST_AGENT_PORT};
 use super::shutdown::{self, Ended, RECORD_FILE};
@@ -66,6 +66,14 @@ impl Rule {
             (true, Some(Ended::Reboot)) => Rule::KeepAtOnce,
             (true, Some(Ended::Poweroff)) => Rule::AwaitFresh,
             (true, None) => Rule::Grace,
+        }
+    }
+
+    fn keep(self) -> Keep {
+        match self {
+            Rule::KeepAtOnce => Keep::AtOnce,
+            Rule::AwaitFresh => Keep::AtDeadline,
+            Rule::NothingStored | Rule::Grace => Keep::AfterGrace,
         }
     }
 
@@ -130,7 +138,7 @@ pub fn boot(opts: &BootOptions) -> Result<Booted> {
             let (agent, bopts) = (agent.clone(), bopts.clone());
             let entry = agent.entry.clone();
             let handle = thread::spawn(move || {
-                barrier::hold(&bopts, &mut watch, &agent, start, rule == Rule::KeepAtOnce)
+                barrier::hold(&bopts, &mut watch, &agent, start, rule.keep())
             });
             file_side = Some((handle, entry));
         },
