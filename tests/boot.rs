@@ -406,3 +406,14 @@ fn record_shutdown_as_writes_what_it_is_told() {
         "poweroff\n"
     );
 }
+
+#[test]
+fn boot_refuses_to_be_pointed_at_the_guest_agents_port() {
+    let job = Job::new();
+    job.tree.add_port("vport0p1", Some(AGENT));
+    let mut c = job.tree.cmd("boot");
+    c.args(["--name", AGENT, "--state-dir"]).arg(job.state());
+    let out = common::run_guarded(&mut c);
+    assert_eq!(common::code(&out), 64, "{}", common::stderr(&out));
+    assert!(common::stderr(&out).contains("never opens"));
+}

@@ -99,7 +99,9 @@ pub enum Booted {
     NoChannel,
 }
 
+/// Runs the boot job (module comment) until the boot scripts can go on.
 pub fn boot(opts: &BootOptions) -> Result<Booted> {
+    fetch::refuse_guest_agent_name(&opts.fetch)?;
     let start = Instant::now();
     let cache_dir = &opts.fetch.targets.cache_dir;
     let mut watch = Watch::new(cache_dir)?;
