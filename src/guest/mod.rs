@@ -6,15 +6,19 @@
 //! [`cmdline`] reads the stored `key=value` pairs back for `get` and `show`.
 //! Where the host has no `*.vport` channel and writes the cmdline through
 //! the QEMU guest agent instead, [`barrier`] holds the boot until that file
-//! is whole, fresh and valid ([`openers`] tells who has it open).
+//! is whole, fresh and valid ([`openers`] tells who has it open). [`boot`]
+//! is the one boot job that runs both sides at once, taking from
+//! [`shutdown`] how the previous boot ended.
 
 pub mod barrier;
+pub mod boot;
 pub mod cmdline;
 pub mod fetch;
 pub mod openers;
 pub mod pattern;
 pub mod port;
 pub mod ports;
+pub mod shutdown;
 pub mod store;
 pub mod wait;
 
