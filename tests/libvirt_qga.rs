@@ -1111,4 +1111,8 @@ fn each_virsh_action_leaves_the_shutdown_record_it_should() {
         let boot = b.get(Mode::Package, step.label);
         assert_eq!(boot.previous_end(), Some(want), "{}", boot.context());
     }
+    // Masked, the unit never ran, so it neither recorded nor read.
+    for boot in b.of(Mode::Masked) {
+        assert_eq!(boot.previous_end(), None, "{}", boot.context());
+    }
 }
