@@ -114,10 +114,9 @@ fn a_vport_port_named_late_wins_over_the_guest_agent_file() {
     let job = Job::new();
     job.stale();
     job.tree.add_port("vport0p1", Some(AGENT));
-    job.tree.add_port("vport0p2", None);
     let mut run = job.boot(&[("--no-channel-after", "5")]);
     run.wait_for_line("watching the cmdline file");
-    fs::write(job.tree.class("vport0p2").join("name"), format!("{PORT}\n")).unwrap();
+    job.tree.add_port("vport0p2", Some(PORT));
     let _host = job
         .tree
         .offer("vport0p2", message(CMDLINE, Some(KEY)).as_bytes());
@@ -178,6 +177,27 @@ fn a_host_with_neither_channel_is_released_at_once_saying_so() {
         "{err}"
     );
     assert_eq!(stored(&job), format!("{CMDLINE_OLD}\n"), "nothing written");
+}
+
+#[test]
+fn the_file_side_waits_while_a_port_has_no_name_yet() {
+    let job = Job::new();
+    job.stale();
+    job.tree.add_port("vport0p1", Some(AGENT));
+    job.tree.add_port("vport0p2", None);
+    let mut run = job.boot(&[("--no-channel-after", "5")]);
+    run.wait_for_line("no port matching");
+    thread::sleep(Duration::from_millis(300));
+    fs::write(job.tree.class("vport0p2").join("name"), format!("{PORT}\n")).unwrap();
+    let _host = job
+        .tree
+        .offer("vport0p2", message(CMDLINE, Some(KEY)).as_bytes());
+    let (code, err) = done(run);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(stored(&job), format!("{CMDLINE}\n"));
+    // Nothing about the file was said on a host whose port was being named.
+    assert!(!err.contains("watching the cmdline file"), "{err}");
+    assert!(!err.contains("through qemu-ga"), "{err}");
 }
 
 #[test]
@@ -405,4 +425,15 @@ fn record_shutdown_as_writes_what_it_is_told() {
         fs::read_to_string(job.state().join("new/shutdown")).unwrap(),
         "poweroff\n"
     );
+}
+
+#[test]
+fn boot_refuses_to_be_pointed_at_the_guest_agents_port() {
+    let job = Job::new();
+    job.tree.add_port("vport0p1", Some(AGENT));
+    let mut c = job.tree.cmd("boot");
+    c.args(["--name", AGENT, "--state-dir"]).arg(job.state());
+    let out = common::run_guarded(&mut c);
+    assert_eq!(common::code(&out), 64, "{}", common::stderr(&out));
+    assert!(common::stderr(&out).contains("never opens"));
 }

@@ -6,9 +6,9 @@
 //!   so that a write made through qemu-ga while the ports are still being
 //!   named is an event, never missed.
 //! - This thread waits for a `*.vport` port ([`wait`]). As soon as a scan
-//!   shows the guest agent's port named and no `*.vport` port, a second
-//!   thread holds on the cmdline file ([`barrier::hold`]), without waiting
-//!   for the no-channel decision.
+//!   shows every port named, the guest agent's among them, and no `*.vport`
+//!   port, a second thread holds on the cmdline file ([`barrier::hold`]),
+//!   without waiting for the no-channel decision.
 //! - A `*.vport` port wins: the file's thread is stopped (its watch's wait
 //!   ends; it never decides after that), and [`fetch`] stores what the
 //!   port brings. No `*.vport` port (the ports named and unchanged for
@@ -99,7 +99,9 @@ pub enum Booted {
     NoChannel,
 }
 
+/// Runs the boot job (module comment) until the boot scripts can go on.
 pub fn boot(opts: &BootOptions) -> Result<Booted> {
+    fetch::refuse_guest_agent_name(&opts.fetch)?;
     let start = Instant::now();
     let cache_dir = &opts.fetch.targets.cache_dir;
     let mut watch = Watch::new(cache_dir)?;
@@ -124,6 +126,13 @@ pub fn boot(opts: &BootOptions) -> Result<Booted> {
         deadline::after(start, fopts.port_timeout),
         fopts.no_channel_after,
         &mut |ports: &[Port]| {
+            // Every port named and none matching: QEMU names all ports
+            // within milliseconds of each other, so this comes long
+            // before the no-channel decision, and a vport port still
+            // unnamed never lets the file side start (and speak) first.
+            if ports.iter().any(|p| p.name.is_none()) {
+                return;
+            }
             let Some(agent) = ports.iter().find(|p| p.verdict == Verdict::GuestAgent) else {
                 return;
             };
@@ -131,7 +140,7 @@ pub fn boot(opts: &BootOptions) -> Result<Booted> {
                 return;
             };
             debug!(
-                "{GUEST_AGENT_PORT} is named ({}) and no port matches {} yet: watching the cmdline file",
+                "every port is named, {GUEST_AGENT_PORT} ({}) among them, and none matches {}: watching the cmdline file",
                 agent.entry,
                 fopts.selector.describe()
             );

@@ -45,11 +45,7 @@ pub enum Outcome {
 }
 
 pub fn fetch(opts: &FetchOptions) -> Result<Outcome> {
-    if opts.selector.name.as_deref() == Some(GUEST_AGENT_PORT) {
-        return Err(Error::Usage(format!(
-            "--name {GUEST_AGENT_PORT}: that is the QEMU guest agent's port, which this program never opens"
-        )));
-    }
+    refuse_guest_agent_name(opts)?;
     let start = Instant::now();
     let reboot = holds_cmdline(opts)?;
     // The grace period is the host's time to speak once we listen, so it
@@ -82,6 +78,16 @@ pub fn fetch(opts: &FetchOptions) -> Result<Outcome> {
         );
     }
     fetch_from(opts, &port, reboot)
+}
+
+/// `--name org.qemu.guest_agent.0` is a usage error: that port is never opened.
+pub fn refuse_guest_agent_name(opts: &FetchOptions) -> Result<()> {
+    if opts.selector.name.as_deref() == Some(GUEST_AGENT_PORT) {
+        return Err(Error::Usage(format!(
+            "--name {GUEST_AGENT_PORT}: that is the QEMU guest agent's port, which this program never opens"
+        )));
+    }
+    Ok(())
 }
 
 /// Whether a cmdline from an earlier boot is stored (the reboot case). A
