@@ -41,15 +41,12 @@ use shared::{
 };
 use vport_bootargs::wire::digest_hex;
 
-/// The package's guest unit that acts on the guest agent's path (the
-/// barrier), masked from the kernel command line (systemd-debug-generator
-/// reads `systemd.mask=`). In one place: the package's unit names may
-/// change. vport-bootargs.service stays: with no `*.vport` port it exits in
-/// 2 s, and its CacheDirectory= makes /var/cache/cloud, which a real
-/// template has from CloudStack's own files; masked too, the test image has
-/// no such directory and qemu-ga's guest-file-open fails with ENOENT for
-/// both tools (measured).
-const GUEST_UNITS_MASK: &str = "systemd.mask=vport-bootargs-barrier.service";
+/// The package's one guest unit (the boot job, which holds the boot
+/// scripts until the file written through qemu-ga is whole), masked from
+/// the kernel command line (systemd-debug-generator reads `systemd.mask=`).
+/// In one place: the package's unit names may change.
+const GUEST_UNIT: &str = "vport-bootargs.service";
+const GUEST_UNITS_MASK: &str = "systemd.mask=vport-bootargs.service";
 /// A template without qemu-guest-agent: the unit never starts, so its port
 /// is never opened (udev's rule only wants the unit).
 const NO_AGENT_MASK: &str = "systemd.mask=qemu-guest-agent.service";
@@ -199,18 +196,6 @@ fn run_all() -> Runs {
     let _ = fs::remove_dir_all(&run);
     fs::create_dir_all(&run).unwrap();
     let lv_dir = run.join("libvirtd");
-    // libvirtd resolves its compiled-in default group (Debian's:
-    // libvirt-qemu) before it reads qemu.conf, so the group must exist
-    // even with `group = "root"` there; the package's postinst makes it,
-    // a bare install (and libvirtd.rs) may not.
-    let st = Command::new("sh")
-        .args([
-            "-c",
-            "getent group libvirt-qemu >/dev/null || groupadd --system libvirt-qemu",
-        ])
-        .status()
-        .unwrap();
-    assert!(st.success(), "cannot add the group libvirt-qemu");
     let bench = Bench {
         images: image(),
         sockets: tempfile::Builder::new().prefix("vs").tempdir().unwrap(),
@@ -732,20 +717,14 @@ fn delivered_and_confirmed_in_one_call_as_the_domain_starts_with_and_without_the
         assert_eq!(b.first.calls, 2, "{}: {}", b.label, b.first.stderr);
         assert_eq!(b.first.landed, Some(true), "{}", b.label);
     }
-    // With the package's units the barrier holds the boot until the file
+    // With the package's unit the boot job holds the boot until the file
     // is whole, so the stand-in reads exactly what was sent.
     assert_eq!(runs.ours[0].preinit_read(), "exact");
-    assert_eq!(
-        runs.ours[0].unit("vport-bootargs-barrier.service", "Result"),
-        "success"
-    );
+    assert_eq!(runs.ours[0].unit(GUEST_UNIT, "Result"), "success");
     // Masked, they never started.
     for b in &runs.ours[1..] {
         assert_eq!(
-            b.unit(
-                "vport-bootargs-barrier.service",
-                "ExecMainStartTimestampMonotonic"
-            ),
+            b.unit(GUEST_UNIT, "ExecMainStartTimestampMonotonic"),
             "0",
             "{}",
             b.label

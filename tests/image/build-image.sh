@@ -72,6 +72,7 @@ mmdebstrap --variant=minbase --mode=root \
     --customize-hook="upload '$deb' /tmp/vport-bootargs.deb" \
     --customize-hook='chroot "$1" apt-get install -y --no-install-recommends /tmp/vport-bootargs.deb' \
     --customize-hook='rm "$1/tmp/vport-bootargs.deb"' \
+    --customize-hook='mkdir -p "$1/var/cache/cloud"' \
     --customize-hook="upload '$guest/cloud-early-config.service' /etc/systemd/system/cloud-early-config.service" \
     --customize-hook="upload '$guest/cloud-early-config' /usr/local/sbin/cloud-early-config" \
     --customize-hook="upload '$guest/cloud-preinit.service' /etc/systemd/system/cloud-preinit.service" \

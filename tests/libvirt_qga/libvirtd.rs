@@ -23,8 +23,12 @@ impl Libvirtd {
         // As on these machines without systemd: QEMU runs as root, no
         // security driver (CONTEXT of the test machines; README).
         let setup = r#"
+            # libvirtd resolves its compiled-in default group (Debian's:
+            # libvirt-qemu) before it reads qemu.conf, so that group must
+            # exist even with `group = "root"` there.
             getent group libvirt >/dev/null || groupadd -r libvirt
-            getent passwd libvirt-qemu >/dev/null || useradd -r -g libvirt libvirt-qemu
+            getent group libvirt-qemu >/dev/null || groupadd -r libvirt-qemu
+            getent passwd libvirt-qemu >/dev/null || useradd -r -g libvirt-qemu libvirt-qemu
             conf=/etc/libvirt/qemu.conf
             grep -q '^user = "root"' $conf || printf 'user = "root"\ngroup = "root"\nsecurity_driver = "none"\n' >>$conf
         "#;
