@@ -10,6 +10,7 @@ use crate::error::{exit, Error, Result};
 use crate::guest::barrier::{self, BarrierOptions};
 use crate::guest::fetch::{self, FetchOptions, Outcome};
 use crate::guest::ports::Selector;
+use crate::guest::sandbox::{self, Access};
 use crate::guest::store::{self, Targets};
 use crate::guest::{cmdline, ports};
 use crate::host::{self, SendRequest, Target};
@@ -54,6 +55,7 @@ pub fn run(cli: Cli) -> Result<i32> {
                 no_channel_after: Duration::from_secs_f64(args.no_channel_after),
                 ack: !args.no_ack,
             };
+            sandbox::restrict_job(&Access::for_fetch(&opts))?;
             match fetch::fetch(&opts)? {
                 Outcome::Stored { .. } | Outcome::KeptStored | Outcome::NoChannel => Ok(exit::OK),
             }
@@ -131,6 +133,7 @@ pub fn run(cli: Cli) -> Result<i32> {
                 timeout: Duration::from_secs_f64(args.timeout),
                 grace: Duration::from_secs_f64(args.grace),
             };
+            sandbox::restrict_job(&Access::for_barrier(&opts))?;
             barrier::barrier(&opts)?;
             Ok(exit::OK)
         }

@@ -6,7 +6,8 @@
 //! [`cmdline`] reads the stored `key=value` pairs back for `get` and `show`.
 //! Where the host has no `*.vport` channel and writes the cmdline through
 //! the QEMU guest agent instead, [`barrier`] holds the boot until that file
-//! is whole, fresh and valid ([`openers`] tells who has it open).
+//! is whole, fresh and valid ([`openers`] tells who has it open). Each
+//! job first restricts itself to the paths it needs ([`sandbox`]).
 
 pub mod barrier;
 pub mod cmdline;
@@ -15,6 +16,7 @@ pub mod openers;
 pub mod pattern;
 pub mod port;
 pub mod ports;
+pub mod sandbox;
 pub mod store;
 pub mod wait;
 

@@ -13,7 +13,17 @@
 # (IPAddressDeny=), `no-netns` (PrivateNetwork=), `no-seccomp` (the settings
 # systemd enforces with seccomp filters), `no-mountns` (the settings that
 # need a mount namespace), `fs-only` (of those, only ProtectSystem=,
-# ReadWritePaths= and ProtectHome= kept), `no-ktunables`, `no-privatetmp`.
+# ReadWritePaths= and ProtectHome= kept), `no-ktunables`, `no-privatetmp`;
+# or this checkout's unit (systemd/, over the image's): `checkout` as it
+# is, `checkout-core` without what it adds to the system-call filter, the
+# capabilities and NoNewPrivileges= (PrivateNetwork=, the device cgroup,
+# ProtectClock=).
+#
+# BIN=PATH puts that binary on every disk as /usr/sbin/vport-bootargs (a
+# static release build, e.g. target/x86_64-unknown-linux-musl/release/
+# vport-bootargs), so a unit and a program can be measured before a new
+# image is built. The lines end with the unit's result; the summary
+# gives each variant's median.
 #
 # IMAGE_DIR is what tests/image/cached-image.sh prints. Needs debugfs
 # (e2fsprogs) to put the drop-in on the disk copy, and a built
@@ -73,12 +83,30 @@ printf '[Service]\n%s\n' PrivateTmp=no ProtectKernelTunables=no ProtectKernelMod
 printf '[Service]\nProtectKernelTunables=no\n' >"$work/no-ktunables.conf"
 printf '[Service]\nPrivateTmp=no\n' >"$work/no-privatetmp.conf"
 cp "$work/nosandbox.conf" "$work/none.conf"
+printf '[Service]\nExecStartPre=-/bin/sh -c %s\n' \
+    "'echo \"@@ lsm \$\$(cat /sys/kernel/security/lsm)\"'" >"$work/lsm.conf"
+printf '[Service]\n%s\n' PrivateNetwork=no DevicePolicy=auto DeviceAllow= ProtectClock=no \
+    >"$work/checkout-core.conf"
 
 boot() { # $1 label, $2 variant
     run=$work/$1
     mkdir -p "$run"
     cp --sparse=always "$images/image.raw" "$run/disk.raw"
-    if [ "$2" != sandbox ]; then
+    if [ -n "${BIN:-}" ]; then
+        debugfs -w -R "rm /usr/sbin/vport-bootargs" "$run/disk.raw" >/dev/null 2>&1
+        debugfs -w -R "write $BIN /usr/sbin/vport-bootargs" "$run/disk.raw" >/dev/null 2>&1
+        debugfs -w -R "sif /usr/sbin/vport-bootargs mode 0100755" "$run/disk.raw" >/dev/null 2>&1
+    fi
+    case $2 in checkout*)
+        debugfs -w -R "write $repo/systemd/vport-bootargs.service /etc/systemd/system/vport-bootargs.service" \
+            "$run/disk.raw" >/dev/null 2>&1
+        # Which LSMs this kernel runs (is Landlock among them?), on the
+        # console; before the main process, so outside the figure.
+        d=/etc/systemd/system/vport-bootargs.service.d
+        debugfs -w -R "mkdir $d" "$run/disk.raw" >/dev/null 2>&1
+        debugfs -w -R "write $work/lsm.conf $d/lsm.conf" "$run/disk.raw" >/dev/null 2>&1
+    esac
+    if [ "$2" != sandbox ] && [ "$2" != checkout ]; then
         d=/etc/systemd/system/vport-bootargs.service.d
         debugfs -w -R "mkdir $d" "$run/disk.raw" >/dev/null 2>&1
         debugfs -w -R "write $work/$2.conf $d/bench.conf" "$run/disk.raw" >/dev/null 2>&1
@@ -95,6 +123,7 @@ boot() { # $1 label, $2 variant
         i=$((i + 1))
     done
     line=$(grep '^@@ unit vport-bootargs.service' "$run/console" || true)
+    grep -ao '@@ lsm .*' "$run/console" | head -n 1 || true
     kill "$qemu" 2>/dev/null || true
     wait "$qemu" 2>/dev/null || true
     wait "$sender" 2>/dev/null || true
@@ -103,6 +132,7 @@ boot() { # $1 label, $2 variant
     result=$(echo "$line" | sed -n 's/.* Result=\([a-z-]*\).*/\1/p')
     if [ -n "$start" ] && [ -n "$end" ]; then
         echo "$2 $(((end - start) / 1000)) ms result=$result"
+        echo "$2 $(((end - start) / 1000))" >>"$work/figures"
     else
         echo "$2 ? (no unit line; console in $run/console)"
         trap - EXIT
@@ -115,4 +145,11 @@ while [ $r -le "$rounds" ]; do
         boot "$v-$r" "$v"
     done
     r=$((r + 1))
+done
+echo "medians over $rounds rounds ($(nproc) cores, $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)):"
+for v in ${VARIANTS:-sandbox none}; do
+    ms=$(sed -n "s/^$v \([0-9]*\)$/\1/p" "$work/figures" 2>/dev/null | sort -n)
+    n=$(echo "$ms" | grep -c . || true)
+    [ "$n" -gt 0 ] || { echo "  $v: no figure"; continue; }
+    echo "  $v: $(echo "$ms" | sed -n "$(((n + 1) / 2))p") ms (of $n: $(echo $ms))"
 done
