@@ -36,6 +36,8 @@ pub const RESCAN_MS: u16 = 500;
 pub const BARRIER_TIMEOUT_SECS: f64 = 180.0;
 pub const BARRIER_GRACE_SECS: f64 = 10.0;
 pub const PROC_ROOT: &str = "/proc";
+/// Where the shutdown record is kept (the unit's StateDirectory=).
+pub const STATE_DIR: &str = "/var/lib/vport-bootargs";
 
 /// Host side (`send`), as CloudStack's patchviasocket.py has them.
 pub const SOCKET_DIR: &str = "/var/lib/libvirt/qemu";

@@ -207,3 +207,29 @@ fn usage_errors_exit_64_and_help_exits_0() {
     assert_eq!(code, 0);
     assert!(out.contains("--port-timeout"));
 }
+
+#[test]
+fn boot_and_record_shutdown_take_their_options_and_refuse_bad_ones_with_64() {
+    let t = Tree::new();
+    let (code, out, _) = run(t.cmd("boot").arg("--help"));
+    assert_eq!(code, 0);
+    for opt in [
+        "--file-timeout",
+        "--file-grace",
+        "--state-dir",
+        "--no-channel-after",
+    ] {
+        assert!(out.contains(opt), "{opt} missing from boot --help:\n{out}");
+    }
+    let (code, _, _) = run(t.cmd("boot").arg("--file-grace").arg("soon"));
+    assert_eq!(code, 64);
+    let (code, _, err) = run(t.cmd("record-shutdown").args(["--as", "hibernate"]));
+    assert_eq!(code, 64, "{err}");
+    let (code, _, err) =
+        run(std::process::Command::new(BIN).args(["--sysfs-root", "/nonexistent/sys", "boot"]));
+    assert_eq!(code, 64, "{err}");
+    assert!(
+        err.contains("--sysfs-root /nonexistent/sys: no such directory"),
+        "{err}"
+    );
+}

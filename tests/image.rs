@@ -9,14 +9,18 @@
 //! 2. tests/image/build-image.sh makes the image (mmdebstrap, mke2fs -d),
 //!    cached under target/image keyed on the .deb and the image recipe
 //!    (tests/image/cached-image.sh);
-//! 3. four boots of that disk (tests/image/run-vm.sh), never more than two
+//! 3. boots of that disk (tests/image/run-vm.sh), never more than two
 //!    guests at a time (one a core):
-//!    - first: the host sends with `vport-bootargs send --wait-ack`;
-//!    - second: no host data, the stored parameters must stay;
-//!    - third and fourth: SMBIOS says Xen, then VMware, so the unit must
-//!      do nothing;
-//!    - and a fifth, beside the first, of a fresh disk with only the guest
-//!      agent's channel.
+//!    - first: the host sends with `vport-bootargs send --wait-ack`; the
+//!      host then reboots it through qemu-ga (`virsh reboot`'s agent mode);
+//!    - second: after that reboot, no host data: the stored parameters are
+//!      kept at once (the shutdown record says reboot); the host then
+//!      powers it off through qemu-ga;
+//!    - after-poweroff: the start after that poweroff, the host sending
+//!      well past the grace period: the new parameters are stored by rule;
+//!    - xen and vmware: SMBIOS says so, and the unit must do nothing;
+//!    - and one beside the first, of a fresh disk with only the guest
+//!      agent's channel, the host writing the cmdline through qemu-ga.
 //!
 //! The guest's image-check unit prints one `@@ WHAT ...` line per fact on
 //! the serial console (tests/image/guest/image-check); after `@@ done` the
@@ -97,12 +101,22 @@ struct Package {
     lintian: Output,
 }
 
-/// The four boots, run once for all the tests.
+/// The boots, run once for all the tests.
 struct Boots {
     first: Boot,
     second: Boot,
+    after_poweroff: Boot,
     xen: Boot,
     vmware: Boot,
+}
+
+/// How the host ends a boot, through qemu-ga's guest-shutdown.
+#[derive(Clone, Copy)]
+enum End {
+    /// mode `reboot`: what `virsh reboot` does while qemu-ga runs.
+    Reboot,
+    /// mode `powerdown`: a stop, as `virsh shutdown` through the agent.
+    Poweroff,
 }
 
 fn package() -> &'static Package {
@@ -189,6 +203,11 @@ fn run_boots() -> Boots {
             };
             let boot = later_boot(&run, label);
             done.lock().unwrap().push(boot);
+            // The start after the second boot's poweroff, on its disk.
+            if label == "second" {
+                let boot = after_poweroff(&run);
+                done.lock().unwrap().push(boot);
+            }
         };
         let beside = scope.spawn(move || {
             // Its outcome, failure included, is kept for its own tests.
@@ -198,7 +217,7 @@ fn run_boots() -> Boots {
                 work();
             }
         });
-        let first = boot(&run, &run.disk, "first", Some(&key), &[], true);
+        let first = boot(&run, &run.disk, "first", Some(&key), &[], true, End::Reboot);
         for label in ["xen", "vmware"] {
             copy_sparse(&run.disk, &run.disk_for(label));
         }
@@ -212,16 +231,22 @@ fn run_boots() -> Boots {
         let i = later.iter().position(|b| b.label == label).unwrap();
         later.swap_remove(i)
     };
-    let (second, xen, vmware) = (take("second"), take("xen"), take("vmware"));
+    let (second, after_poweroff, xen, vmware) = (
+        take("second"),
+        take("after-poweroff"),
+        take("xen"),
+        take("vmware"),
+    );
     report(
         &run.dir,
         built,
         started.elapsed(),
-        &[&first, &second, &xen, &vmware],
+        &[&first, &second, &after_poweroff, &xen, &vmware],
     );
     Boots {
         first,
         second,
+        after_poweroff,
         xen,
         vmware,
     }
@@ -232,7 +257,7 @@ fn run_boots() -> Boots {
 /// on their own copies, with SMBIOS (and CPUID) saying so.
 fn later_boot(run: &RunDir, label: &str) -> Boot {
     match label {
-        "second" => boot(run, &run.disk, label, None, &[], false),
+        "second" => boot(run, &run.disk, label, None, &[], false, End::Poweroff),
         // systemd-detect-virt trusts a DMI vendor of Xen before CPUID.
         "xen" => boot(
             run,
@@ -241,6 +266,7 @@ fn later_boot(run: &RunDir, label: &str) -> Boot {
             None,
             &["-smbios", "type=1,manufacturer=Xen,product=HVM domU"],
             false,
+            End::Poweroff,
         ),
         // VMware's DMI vendor counts only once CPUID names no hypervisor
         // (TCG's "TCGTCGTCGTCG" would say qemu).
@@ -256,6 +282,7 @@ fn later_boot(run: &RunDir, label: &str) -> Boot {
                 "type=1,manufacturer=VMware,, Inc.,product=VMware Virtual Platform",
             ],
             false,
+            End::Poweroff,
         ),
         other => unreachable!("no boot named {other}"),
     }
@@ -357,7 +384,7 @@ impl Guest {
     /// disconnecting. The guest powers itself off anyway
     /// (IMAGE_CHECK_LINGER), and QEMU is killed past AGENT_LIMIT. The reply
     /// to the ping, and the whole console.
-    fn ping_then_shut_down(self) -> (Result<String, String>, String) {
+    fn ping_then_shut_down(self, end: End) -> (Result<String, String>, String) {
         let socket = self.socket("org.qemu.guest_agent.0");
         let ping = (|| {
             let mut s = UnixStream::connect(&socket).map_err(|e| format!("connect: {e}"))?;
@@ -372,7 +399,13 @@ impl Guest {
         })();
         match ping {
             Ok((mut s, reply)) => {
-                let _ = s.write_all(b"{\"execute\":\"guest-shutdown\"}\n");
+                let shutdown: &[u8] = match end {
+                    End::Reboot => {
+                        b"{\"execute\":\"guest-shutdown\",\"arguments\":{\"mode\":\"reboot\"}}\n"
+                    }
+                    End::Poweroff => b"{\"execute\":\"guest-shutdown\"}\n",
+                };
+                let _ = s.write_all(shutdown);
                 let console = self.finish();
                 drop(s);
                 (Ok(reply), console)
@@ -403,6 +436,7 @@ fn boot(
     send_key: Option<&Path>,
     qemu_args: &[&str],
     analyze: bool,
+    end: End,
 ) -> Boot {
     let env = [
         ("IMAGE_CHECK_LINGER", "30"),
@@ -434,7 +468,7 @@ fn boot(
 
     let facts = guest.report();
     let elapsed = guest.started.elapsed();
-    let (ping, console) = guest.ping_then_shut_down();
+    let (ping, console) = guest.ping_then_shut_down(end);
     let send = sender.map(|t| t.join().unwrap());
     Boot {
         label: label.to_owned(),
@@ -442,6 +476,67 @@ fn boot(
         console,
         ping,
         send,
+        elapsed,
+    }
+}
+
+/// What the host sends the start after a poweroff: new parameters.
+const CMDLINE_AFTER_POWEROFF: &str = "template=domP type=secstorage host=10.1.1.1 port=8250 \
+    name=s-1-VM zone=1 pod=1 guid=s-1-VM workers=5 eth0ip=169.254.3.9 eth0mask=255.255.0.0 \
+    public.network.device=eth2 authorized_key=c3NoLWVkMjU1MTk=";
+/// How long after the unit says its rule the host sends: well past the
+/// port's grace period (5 s) that a boot with no record would give it.
+const LATE_SEND: Duration = Duration::from_secs(12);
+
+/// The start after the second boot's poweroff, on its disk: the host
+/// connects only LATE_SEND after the unit said which rule applies.
+fn after_poweroff(run: &RunDir) -> Boot {
+    let label = "after-poweroff";
+    let env = [("IMAGE_CHECK_LINGER", "30"), ("IMAGE_APPEND", "")];
+    let mut guest = Guest::start(run, &run.disk, label, &env, &[]);
+    let deadline = guest.started + BOOT_LIMIT;
+    let mut heard = false;
+    while let Ok(line) = guest
+        .lines
+        .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+    {
+        guest.console.push_str(&line);
+        guest.console.push('\n');
+        if line.contains("vport-bootargs: ") && line.contains("previous boot ended") {
+            heard = true;
+            break;
+        }
+    }
+    assert!(
+        heard,
+        "{label} boot: the unit never said its rule; console:\n{}",
+        tail(&guest.console, 60)
+    );
+    thread::sleep(LATE_SEND);
+    let key = run.dir.join("id_rsa.pub.cloud");
+    let cmd = Command::new(env!("CARGO_BIN_EXE_vport-bootargs"))
+        .arg("send")
+        .arg("--socket")
+        .arg(guest.socket("agent"))
+        .args(["-p", &CMDLINE_AFTER_POWEROFF.replace(' ', "%")])
+        .arg("--pubkey-file")
+        .arg(&key)
+        .args(["--wait-ack", "180"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cannot start vport-bootargs send");
+    let sender = thread::spawn(move || cmd.wait_with_output().unwrap());
+    let facts = guest.report();
+    let elapsed = guest.started.elapsed();
+    let (ping, console) = guest.ping_then_shut_down(End::Poweroff);
+    Boot {
+        label: label.to_owned(),
+        facts,
+        console,
+        ping,
+        send: Some(sender.join().unwrap()),
         elapsed,
     }
 }
@@ -517,8 +612,14 @@ fn report(run: &Path, built: Duration, total: Duration, boots: &[&Boot]) {
             .first()
             .map(|s| s.to_string())
             .unwrap_or_default();
+        let release = if b.unit("vport-bootargs.service", "ConditionResult") == "yes" {
+            format!("{:.2} s", b.report_runtime("vport-bootargs.service"))
+        } else {
+            "skipped".to_owned()
+        };
         text.push_str(&format!(
-            "{} boot: QEMU start to report {:.1} s; guest uptime at report {} s; unit: {unit}\n",
+            "{} boot: QEMU start to report {:.1} s; guest uptime at report {} s; \
+             vport-bootargs.service start to release {release}; unit: {unit}\n",
             b.label,
             b.elapsed.as_secs_f64(),
             b.facts_with("uptime ").first().copied().unwrap_or("?")
@@ -567,7 +668,6 @@ fn package_ships_binary_unit_man_pages_and_completion() {
     for path in [
         "./usr/sbin/vport-bootargs",
         "./lib/systemd/system/vport-bootargs.service",
-        "./usr/lib/tmpfiles.d/vport-bootargs.conf",
         "./usr/lib/modules-load.d/vport-bootargs.conf",
         "./usr/share/man/man8/vport-bootargs.8.gz",
         "./usr/share/man/man8/vport-bootargs-fetch.8.gz",
@@ -708,12 +808,21 @@ fn systemd_analyze_verify_is_clean() {
     assert!(!b.fact("manpage ").contains("missing"));
 }
 
-// ---- second boot: no host data ----
+// ---- second boot: after a reboot, no host data ----
 
 #[test]
 #[ignore = "builds and boots a Debian image; run by tests/run-all.sh"]
-fn reboot_without_host_data_keeps_stored_parameters() {
+fn reboot_without_host_data_keeps_stored_parameters_at_once_by_the_shutdown_record() {
     let s = boots();
+    // The first boot's ExecStop, on the console during its shutdown.
+    assert!(
+        s.first
+            .console
+            .lines()
+            .any(|l| l.contains("vport-bootargs: this boot ends in a reboot; recorded in")),
+        "{}",
+        tail(&s.first.console, 40)
+    );
     let b = &s.second;
     assert_eq!(b.unit("vport-bootargs.service", "Result"), "success");
     assert_eq!(b.unit("vport-bootargs.service", "ExecMainStatus"), "0");
@@ -724,15 +833,64 @@ fn reboot_without_host_data_keeps_stored_parameters() {
     ] {
         assert_eq!(b.existing_file(f), s.first.existing_file(f), "{f} changed");
     }
-    let kept = b
-        .facts_with("journal ")
-        .iter()
-        .any(|l| l.contains("no fresh parameters within the grace period"));
-    assert!(kept, "{:?}", b.facts_with("journal "));
-    eprintln!(
-        "second boot: vport-bootargs ran {:.2} s (grace 5 s)",
-        b.unit_runtime("vport-bootargs.service").as_secs_f64()
+    let journal = b.facts_with("journal ");
+    assert!(
+        journal.iter().any(|l| l.contains(
+            "the previous boot ended in a reboot (/var/lib/vport-bootargs/shutdown), after which CloudStack sends nothing"
+        )),
+        "{journal:?}"
     );
+    assert!(
+        journal
+            .iter()
+            .any(|l| l.contains("nothing was arriving on the port; keeping those in")),
+        "{journal:?}"
+    );
+    assert_eq!(b.file("/var/lib/vport-bootargs/shutdown"), None, "consumed");
+}
+
+// ---- after the second boot's poweroff: the host sends late ----
+
+#[test]
+#[ignore = "builds and boots a Debian image; run by tests/run-all.sh"]
+fn after_a_poweroff_the_start_waits_for_the_hosts_late_parameters() {
+    let s = boots();
+    assert!(
+        s.second
+            .console
+            .lines()
+            .any(|l| l.contains("vport-bootargs: this boot ends in a poweroff; recorded in")),
+        "{}",
+        tail(&s.second.console, 40)
+    );
+    let b = &s.after_poweroff;
+    let out = b.send.as_ref().unwrap();
+    assert!(
+        out.status.success(),
+        "vport-bootargs send: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(b.unit("vport-bootargs.service", "Result"), "success");
+    let journal = b.facts_with("journal ");
+    assert!(
+        journal
+            .iter()
+            .any(|l| l.contains("the previous boot ended in a poweroff")
+                && l.contains("a start follows and the host writes new parameters")),
+        "{journal:?}"
+    );
+    let (_, _, content) = b.existing_file("/var/cache/cloud/cmdline");
+    assert_eq!(
+        String::from_utf8(content).unwrap().trim_end(),
+        CMDLINE_AFTER_POWEROFF
+    );
+    // cloud-preinit's stand-in read the new file, at once.
+    assert!(
+        b.fact("preinit ").ends_with("polls=0"),
+        "{}",
+        b.fact("preinit ")
+    );
+    assert_eq!(b.file("/var/lib/vport-bootargs/shutdown"), None, "consumed");
 }
 
 // ---- other hypervisors (by SMBIOS): the unit must be a no-op ----
@@ -768,65 +926,77 @@ fn assert_skipped(b: &Boot, virt: &str) {
     );
 }
 
-// ---- the guest agent's barrier, on hosts with a *.vport port ----
+// ---- one unit, installed over the two-unit layout; quiet logs ----
 
 #[test]
 #[ignore = "builds and boots a Debian image; run by tests/run-all.sh"]
-fn package_ships_the_barrier_unit() {
+fn package_ships_one_unit_and_no_tmpfiles_entry() {
     let out = Command::new("dpkg-deb")
         .arg("-c")
         .arg(&package().deb)
         .output()
         .unwrap();
     let listing = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        listing
-            .lines()
-            .any(|l| l.ends_with(" ./lib/systemd/system/vport-bootargs-barrier.service")),
-        "{listing}"
-    );
+    let units: Vec<&str> = listing
+        .lines()
+        .filter(|l| l.contains("/lib/systemd/system/"))
+        .filter(|l| l.ends_with(".service"))
+        .collect();
+    assert_eq!(units.len(), 1, "{units:?}");
+    assert!(units[0].ends_with(" ./lib/systemd/system/vport-bootargs.service"));
+    assert!(!listing.contains("tmpfiles.d"), "{listing}");
 }
 
 #[test]
 #[ignore = "builds and boots a Debian image; run by tests/run-all.sh"]
-fn barrier_steps_aside_where_the_vport_port_is() {
+fn upgrade_from_the_two_unit_layout_leaves_one_enabled_unit() {
+    let b = &boots().first;
+    // No unit file, enablement symlink or deb-systemd-helper state left.
+    assert_eq!(b.fact("old-barrier-unit "), "end");
+    assert_eq!(b.fact("enabled "), "enabled");
+}
+
+#[test]
+#[ignore = "builds and boots a Debian image; run by tests/run-all.sh"]
+fn one_unit_on_the_boot_path_stores_from_the_port() {
     let s = boots();
     for b in [&s.first, &s.second] {
-        assert_eq!(
-            b.unit("vport-bootargs-barrier.service", "Result"),
-            "success"
-        );
-        let journal = b.facts_with("barrier-journal ");
+        let journal = b.facts_with("journal ");
+        // The file side never decided: the port was there.
         assert!(
             journal
                 .iter()
-                .any(|l| l.contains(&format!("port {VM}.vport")) && l.contains("not holding")),
+                .all(|l| !l.contains("releasing the boot") && !l.contains("through qemu-ga")),
             "{journal:?}"
         );
-        // cloud-preinit's stand-in read what fetch stored, at once.
+        // cloud-preinit's stand-in read what the unit stored, at once.
         assert!(
             b.fact("preinit ").ends_with("polls=0"),
             "{}",
             b.fact("preinit ")
         );
     }
-    assert_eq!(s.first.fact("barrier-verify "), "rc=0");
 }
 
 #[test]
 #[ignore = "builds and boots a Debian image; run by tests/run-all.sh"]
-fn barrier_is_skipped_on_xen_and_vmware() {
+fn boots_log_no_tmpfiles_duplicate_and_no_port_wait_where_there_is_no_port() {
     let s = boots();
-    for b in [&s.xen, &s.vmware] {
-        assert_eq!(
-            b.unit("vport-bootargs-barrier.service", "ConditionResult"),
-            "no"
-        );
+    for b in [&s.first, &s.second] {
+        assert_eq!(b.fact("tmpfiles-duplicates "), "0", "{}", b.label);
+        // /root/.ssh is there (systemd's provision.conf) and was written.
+        assert_eq!(b.fact("dir /root/.ssh "), "700 root:root");
     }
+    let g = ga_only();
+    assert_eq!(g.fact("tmpfiles-duplicates "), "0");
+    assert!(
+        g.facts_with("journal ")
+            .iter()
+            .all(|l| !l.contains("once the port is open")),
+        "{:?}",
+        g.facts_with("journal ")
+    );
 }
-
-// ---- the guest-agent-only layout (CloudStack 4.11.3 and later), uevents
-// under the unit's sandbox, and what the sandbox costs ----
 
 /// What the host writes through qemu-guest-agent. CloudStack's `patch.sh`
 /// writes `echo $cmdline | base64`: the cmdline and a newline.
@@ -999,6 +1169,8 @@ cat /var/cache/cloud/uevent/cmdline
 struct GaOnly {
     facts: Vec<String>,
     console: String,
+    /// The host's write of the cmdline through qemu-ga during the boot.
+    booted_write: Result<(), String>,
     ping: Result<String, String>,
     /// What qemu-ga read back after writing the cmdline as patch.sh does.
     written: Result<Vec<u8>, String>,
@@ -1036,21 +1208,35 @@ fn run_ga_only() -> GaOnly {
         &[
             ("IMAGE_CHECK_LINGER", "900"),
             ("IMAGE_CHANNELS", "ga-only"),
-            // The host writes only after the report, so the barrier's 45 s
-            // deadline and the stand-in's 60 one-second polls for a cmdline
-            // would only wait; tests/libvirt_qga.rs tests the barrier in this
-            // layout, host writes and deadline alike.
-            (
-                "IMAGE_APPEND",
-                "preinit.polls=3 systemd.mask=vport-bootargs-barrier.service",
-            ),
+            // The host writes while the guest boots (below); should that
+            // fail, the stand-in's 60 one-second polls would only wait.
+            ("IMAGE_APPEND", "preinit.polls=3"),
         ],
         &[
             "-qmp",
             &format!("unix:{},server=on,wait=off", qmp_path.display()),
         ],
     );
+    // As CloudStack's patch.sh: as soon as qemu-ga answers, write the
+    // cmdline through it; the unit holds the boot scripts until then.
+    let socket = guest.socket("org.qemu.guest_agent.0");
+    let deadline = guest.started + BOOT_LIMIT;
+    let host = thread::spawn(move || loop {
+        let tried = Agent::connect(&socket).and_then(|mut a| {
+            a.sync()?;
+            a.write_file(
+                "/var/cache/cloud/cmdline",
+                format!("{GA_CMDLINE}\n").as_bytes(),
+            )
+        });
+        match tried {
+            Ok(()) => return Ok(()),
+            Err(e) if Instant::now() >= deadline => return Err(e),
+            Err(_) => thread::sleep(Duration::from_millis(500)),
+        }
+    });
     let facts = guest.report();
+    let booted_write = host.join().unwrap();
     let mut agent = Agent::connect(&guest.socket("org.qemu.guest_agent.0"));
     let mut step = |f: &mut dyn FnMut(&mut Agent) -> Result<String, String>| match &mut agent {
         Ok(a) => f(a),
@@ -1081,6 +1267,7 @@ fn run_ga_only() -> GaOnly {
     let g = GaOnly {
         facts,
         console,
+        booted_write,
         ping,
         written,
         uevent,
@@ -1225,18 +1412,33 @@ fn report_ga_only(run: &Path, g: &GaOnly) {
 
 #[test]
 #[ignore = "builds and boots a Debian image; run by tests/run-all.sh"]
-fn guest_agent_only_layout_unit_succeeds_saying_no_channel_and_writes_nothing() {
+fn guest_agent_only_layout_unit_releases_on_the_file_written_through_qemu_ga() {
     let g = ga_only();
+    assert_eq!(g.booted_write, Ok(()));
     assert_eq!(g.unit("vport-bootargs.service", "Result"), "success");
     assert_eq!(g.unit("vport-bootargs.service", "ExecMainStatus"), "0");
+    let journal = g.facts_with("journal ");
     assert!(
-        g.facts.iter().any(|f| f.starts_with("journal ")
-            && f.contains("the host provides no channel matching pattern *.vport")),
-        "{:#?}",
-        g.facts
+        journal
+            .iter()
+            .any(|l| l.contains("the host provides no channel matching pattern *.vport")),
+        "{journal:?}"
     );
+    assert!(
+        journal
+            .iter()
+            .any(|l| l.contains("is whole, fresh and valid") && l.contains("releasing the boot")),
+        "{journal:?}"
+    );
+    // cloud-preinit's stand-in came after the release and read it at once.
+    assert!(
+        g.fact("preinit ").ends_with("polls=0"),
+        "{}",
+        g.fact("preinit ")
+    );
+    let (_, _, content) = g.file("/var/cache/cloud/cmdline").expect("the cmdline");
+    assert_eq!(content, format!("{GA_CMDLINE}\n").into_bytes());
     for f in [
-        "/var/cache/cloud/cmdline",
         "/var/cache/cloud/authorized_keys",
         "/root/.ssh/authorized_keys",
     ] {

@@ -80,6 +80,50 @@ pub enum Command {
     /// Where the host has no *.vport channel and writes the cmdline through
     /// the QEMU guest agent: wait until that file is whole, fresh and valid.
     Barrier(BarrierArgs),
+    /// The boot job (the unit's ExecStart): fetch and barrier at once, the
+    /// first to be certain releasing the boot; how long stored parameters
+    /// wait follows from the shutdown record.
+    Boot(BootArgs),
+    /// At shutdown (the unit's ExecStop): record whether this boot ends in
+    /// a reboot or a poweroff, for the next boot.
+    RecordShutdown(RecordArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BootArgs {
+    #[command(flatten)]
+    pub fetch: FetchArgs,
+    /// The cmdline file: seconds after qemu-ga opens its port to wait for a
+    /// fresh one before keeping one from an earlier boot (with no shutdown record).
+    #[arg(long, value_name = "SECS", value_parser = secs, default_value_t = defaults::BARRIER_GRACE_SECS)]
+    pub file_grace: f64,
+    /// The cmdline file: seconds to wait for one written during this boot.
+    #[arg(long, value_name = "SECS", value_parser = secs, default_value_t = defaults::BARRIER_TIMEOUT_SECS)]
+    pub file_timeout: f64,
+    /// Where procfs is mounted (who holds the file or the port open).
+    #[arg(long, value_name = "DIR", default_value = defaults::PROC_ROOT)]
+    pub proc_root: PathBuf,
+    /// Directory of the shutdown record (read and removed at boot).
+    #[arg(long, value_name = "DIR", default_value = defaults::STATE_DIR)]
+    pub state_dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct RecordArgs {
+    /// Directory of the shutdown record.
+    #[arg(long, value_name = "DIR", default_value = defaults::STATE_DIR)]
+    pub state_dir: PathBuf,
+    /// Record this instead of asking systemd which shutdown target is being started.
+    #[arg(long = "as", value_name = "END", value_enum)]
+    pub as_: Option<End>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum End {
+    /// A clean reboot: the host sends nothing next boot.
+    Reboot,
+    /// A poweroff or halt: a start follows, and the host writes.
+    Poweroff,
 }
 
 #[derive(Debug, Args)]

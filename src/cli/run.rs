@@ -2,15 +2,18 @@
 //! option structs, and the result an exit code.
 
 use std::io::{self, Write};
+use std::path::Path;
 use std::time::Duration;
 
 use super::render::{write_ports_json, write_ports_table};
-use super::{Cli, Command, Format};
+use super::{Cli, Command, End, FetchArgs, Format};
 use crate::error::{exit, Error, Result};
 use crate::guest::barrier::{self, BarrierOptions};
+use crate::guest::boot::{self, BootOptions};
 use crate::guest::fetch::{self, FetchOptions, Outcome};
 use crate::guest::ports::Selector;
 use crate::guest::sandbox::{self, Access};
+use crate::guest::shutdown::{self, Ended};
 use crate::guest::store::{self, Targets};
 use crate::guest::{cmdline, ports};
 use crate::host::{self, SendRequest, Target};
@@ -28,7 +31,10 @@ pub fn run(cli: Cli) -> Result<i32> {
     });
     let stdout = io::stdout();
     let mut out = stdout.lock();
-    if matches!(cli.command, Command::Fetch(_) | Command::Ports { .. }) && !cli.sysfs_root.is_dir()
+    if matches!(
+        cli.command,
+        Command::Fetch(_) | Command::Boot(_) | Command::Ports { .. }
+    ) && !cli.sysfs_root.is_dir()
     {
         return Err(Error::Usage(format!(
             "--sysfs-root {}: no such directory",
@@ -37,28 +43,52 @@ pub fn run(cli: Cli) -> Result<i32> {
     }
     match cli.command {
         Command::Fetch(args) => {
-            let opts = FetchOptions {
-                sysfs_root: cli.sysfs_root,
-                dev_root: cli.dev_root,
-                selector: Selector {
-                    fifo_stand_in: args.fifo_stand_in,
-                    ..args.select.selector()
-                },
-                targets: Targets {
-                    cache_dir: args.cache_dir,
-                    ssh_dir: args.ssh_dir,
-                },
-                timeout: Duration::from_secs_f64(args.timeout),
-                port_timeout: Duration::from_secs_f64(args.port_timeout),
-                grace: Duration::from_secs_f64(args.grace),
-                settle: Duration::from_secs_f64(args.settle),
-                no_channel_after: Duration::from_secs_f64(args.no_channel_after),
-                ack: !args.no_ack,
-            };
+            let opts = fetch_options(&cli.sysfs_root, &cli.dev_root, args);
             sandbox::restrict_job(&Access::for_fetch(&opts))?;
             match fetch::fetch(&opts)? {
                 Outcome::Stored { .. } | Outcome::KeptStored | Outcome::NoChannel => Ok(exit::OK),
             }
+        }
+        Command::Boot(args) => {
+            let fetch = fetch_options(&cli.sysfs_root, &cli.dev_root, args.fetch);
+            let barrier = BarrierOptions {
+                sysfs_root: cli.sysfs_root,
+                dev_root: cli.dev_root,
+                proc_root: args.proc_root,
+                cache_dir: fetch.targets.cache_dir.clone(),
+                pattern: fetch.selector.pattern.clone(),
+                timeout: Duration::from_secs_f64(args.file_timeout),
+                grace: Duration::from_secs_f64(args.file_grace),
+            };
+            let opts = BootOptions {
+                fetch,
+                barrier,
+                state_dir: args.state_dir,
+            };
+            sandbox::restrict_job(&Access::for_boot(&opts))?;
+            boot::boot(&opts)?;
+            Ok(exit::OK)
+        }
+        Command::RecordShutdown(args) => {
+            let ended = match args.as_ {
+                Some(End::Reboot) => Some(Ended::Reboot),
+                Some(End::Poweroff) => Some(Ended::Poweroff),
+                None => Ended::from_jobs(&shutdown::current_jobs()?),
+            };
+            match ended {
+                Some(ended) => {
+                    let path = shutdown::record(&args.state_dir, ended)?;
+                    crate::info!(
+                        "this boot ends in a {}; recorded in {}",
+                        ended.word(),
+                        path.display()
+                    );
+                }
+                None => crate::info!(
+                    "no reboot, poweroff or halt is under way (stopped by hand?); recording nothing"
+                ),
+            }
+            Ok(exit::OK)
         }
         Command::Ports { json, select } => {
             let found =
@@ -159,6 +189,27 @@ pub fn run(cli: Cli) -> Result<i32> {
             host::send(&host::resolve(&request)?)?;
             Ok(exit::OK)
         }
+    }
+}
+
+fn fetch_options(sysfs_root: &Path, dev_root: &Path, args: FetchArgs) -> FetchOptions {
+    FetchOptions {
+        sysfs_root: sysfs_root.to_owned(),
+        dev_root: dev_root.to_owned(),
+        selector: Selector {
+            fifo_stand_in: args.fifo_stand_in,
+            ..args.select.selector()
+        },
+        targets: Targets {
+            cache_dir: args.cache_dir,
+            ssh_dir: args.ssh_dir,
+        },
+        timeout: Duration::from_secs_f64(args.timeout),
+        port_timeout: Duration::from_secs_f64(args.port_timeout),
+        grace: Duration::from_secs_f64(args.grace),
+        settle: Duration::from_secs_f64(args.settle),
+        no_channel_after: Duration::from_secs_f64(args.no_channel_after),
+        ack: !args.no_ack,
     }
 }
 

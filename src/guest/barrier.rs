@@ -25,6 +25,7 @@ use std::fs::{self, File};
 use std::io::{self, Read};
 use std::os::fd::AsFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -35,7 +36,7 @@ use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
 use nix::time::{clock_gettime, ClockId};
 
 use super::openers::{device_held, open_for_writing};
-use super::ports::{self, Selector, Verdict, GUEST_AGENT_PORT};
+use super::ports::{self, Port, Selector, Verdict, GUEST_AGENT_PORT};
 use super::store::CMDLINE_FILE;
 use crate::error::{Error, Result};
 use crate::wire::MAX_MESSAGE;
@@ -211,6 +212,9 @@ fn look(path: &Path, proc_root: &Path, boot: Option<SystemTime>) -> Result<Seen>
 /// the grace period or deadline says to keep or give up (module comment).
 pub fn barrier(opts: &BarrierOptions) -> Result<Released> {
     let start = Instant::now();
+    // The watch before the scan: a write made while the ports are looked at
+    // is an event, not missed.
+    let mut watch = Watch::new(&opts.cache_dir)?;
     let sel = Selector {
         pattern: opts.pattern.clone(),
         name: None,
@@ -234,9 +238,36 @@ pub fn barrier(opts: &BarrierOptions) -> Result<Released> {
         );
         return Ok(Released::NoChannel);
     };
+    hold(opts, &mut watch, agent, start, Keep::AfterGrace)
+}
 
+/// When a valid file from an earlier boot is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keep {
+    /// `grace` after qemu-ga opens its port (no shutdown record).
+    AfterGrace,
+    /// At once (the previous boot ended in a clean reboot, after which the
+    /// host sends nothing); `grace` is then 0.
+    AtOnce,
+    /// Only at the deadline (after a poweroff a start follows and the host
+    /// writes): qemu-ga's open of its port starts no grace period.
+    AtDeadline,
+}
+
+/// The guest agent's port is there and no `*.vport` port: holds the boot
+/// on the cmdline file, with `watch` set up since `start`; `keep` says when
+/// a file from an earlier boot is kept.
+pub fn hold(
+    opts: &BarrierOptions,
+    watch: &mut Watch,
+    agent: &Port,
+    start: Instant,
+    keep: Keep,
+) -> Result<Released> {
     let path = opts.cache_dir.join(CMDLINE_FILE);
-    let watch = Watch::new(&opts.cache_dir, &agent.node)?;
+    if keep != Keep::AtDeadline {
+        watch.watch_node(&agent.node);
+    }
     // Asked after the watch is set, so that an open after this is an event.
     let held = agent.dev.and_then(|(major, minor)| {
         device_held(
@@ -245,6 +276,8 @@ pub fn barrier(opts: &BarrierOptions) -> Result<Released> {
         )
     });
     let mut agent_since = match held {
+        _ if keep == Keep::AtOnce => Some(start),
+        _ if keep == Keep::AtDeadline => None,
         Some(false) => None,
         // Held, or cannot be told: count the grace period from now.
         _ => Some(start),
@@ -407,10 +440,14 @@ fn reject(path: &Path, why: &str) -> Result<Released> {
 
 /// The inotify watch: the cmdline's directory, and the guest agent's device
 /// node (IN_OPEN: qemu-ga opened its port; the node is never opened here).
-struct Watch {
+/// Set up before anything else looks, so that no write is missed; the boot
+/// job can end its wait from another thread ([`Watch::stopper`]).
+pub struct Watch {
     inotify: Inotify,
     dir: WatchDescriptor,
     node: Option<WatchDescriptor>,
+    /// Readable (a byte, or the other end closed) once the wait must end.
+    stop: Option<UnixStream>,
 }
 
 enum Event {
@@ -421,8 +458,20 @@ enum Event {
     AgentOpened,
 }
 
+/// Ends a [`Watch`]'s wait from another thread: the watch's next (or
+/// current) wait returns an error, so the barrier returns without deciding.
+pub struct Stopper(UnixStream);
+
+impl Stopper {
+    pub fn stop(self) {
+        // Dropping the stream is enough: the watch's end reads EOF.
+        drop(self.0);
+    }
+}
+
 impl Watch {
-    fn new(dir: &Path, node: &Path) -> Result<Self> {
+    /// Watches `dir` (made if missing) for the cmdline's writes.
+    pub fn new(dir: &Path) -> Result<Self> {
         let inotify = Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK)
             .map_err(|e| Error::io("cannot start inotify for", dir, e.into()))?;
         if !dir.is_dir() {
@@ -442,24 +491,51 @@ impl Watch {
                     | AddWatchFlags::IN_ONLYDIR,
             )
             .map_err(|e| Error::io("cannot watch", dir, e.into()))?;
-        let node_wd = inotify
-            .add_watch(node, AddWatchFlags::IN_OPEN)
-            .map_err(|e| debug!("cannot watch {} ({e})", node.display()))
-            .ok();
         Ok(Watch {
             inotify,
             dir: dir_wd,
-            node: node_wd,
+            node: None,
+            stop: None,
         })
+    }
+
+    /// Also watches the guest agent's device node for opens.
+    pub fn watch_node(&mut self, node: &Path) {
+        self.node = self
+            .inotify
+            .add_watch(node, AddWatchFlags::IN_OPEN)
+            .map_err(|e| debug!("cannot watch {} ({e})", node.display()))
+            .ok();
+    }
+
+    /// A handle that ends this watch's waits from another thread.
+    pub fn stopper(&mut self) -> Result<Stopper> {
+        let (mine, theirs) =
+            UnixStream::pair().map_err(|e| Error::io("cannot make", "a socket pair", e))?;
+        self.stop = Some(mine);
+        Ok(Stopper(theirs))
     }
 
     /// Sleeps in poll(2) until an event or `until`; returns what came.
     fn wait(&self, until: Instant) -> Result<Vec<Event>> {
-        let mut fds = [PollFd::new(self.inotify.as_fd(), PollFlags::POLLIN)];
+        let mut fds = vec![PollFd::new(self.inotify.as_fd(), PollFlags::POLLIN)];
+        if let Some(stop) = &self.stop {
+            fds.push(PollFd::new(stop.as_fd(), PollFlags::POLLIN));
+        }
         match poll(&mut fds, deadline::poll_timeout(until)) {
             Ok(0) | Err(Errno::EINTR) => return Ok(Vec::new()),
             Ok(_) => {}
             Err(e) => return Err(Error::io("cannot wait on", "inotify", e.into())),
+        }
+        if fds
+            .get(1)
+            .and_then(|f| f.revents())
+            .is_some_and(|r| !r.is_empty())
+        {
+            return Err(Error::Unavailable(
+                "the wait on the cmdline file was ended: a *.vport port holds the parameters"
+                    .into(),
+            ));
         }
         let events = match self.inotify.read_events() {
             Ok(events) => events,

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use super::port::{Deadlines, PortReader, Received};
-use super::ports::{Selector, GUEST_AGENT_PORT};
+use super::ports::{Port, Selector, GUEST_AGENT_PORT};
 use super::store::{self, Targets};
 use super::wait::{wait_for_port, Found};
 use crate::defaults::ARRIVING_QUIET_SECS;
@@ -45,29 +45,9 @@ pub enum Outcome {
 }
 
 pub fn fetch(opts: &FetchOptions) -> Result<Outcome> {
-    if opts.selector.name.as_deref() == Some(GUEST_AGENT_PORT) {
-        return Err(Error::Usage(format!(
-            "--name {GUEST_AGENT_PORT}: that is the QEMU guest agent's port, which this program never opens"
-        )));
-    }
+    refuse_guest_agent_name(opts)?;
     let start = Instant::now();
-    let reboot = match store::stored_cmdline(&opts.targets.cache_dir) {
-        Ok(stored) => stored.is_some(),
-        // A damaged file (an older, non-atomic writer; a bad disk) must not
-        // keep fresh parameters out: read the port as on a first boot.
-        Err(e @ Error::BadStored { .. }) => {
-            warn!("{e}; reading the port as on a first boot");
-            false
-        }
-        Err(e) => return Err(e),
-    };
-    if reboot {
-        info!(
-            "{} already holds a cmdline; once the port is open, waiting up to {:?} for fresh parameters",
-            opts.targets.cmdline().display(),
-            opts.grace
-        );
-    }
+    let reboot = holds_cmdline(opts)?;
     // The grace period is the host's time to speak once we listen, so it
     // counts from opening the port; the port itself can appear seconds after
     // this starts (virtio_console loaded late by udev, seen in the image
@@ -82,25 +62,72 @@ pub fn fetch(opts: &FetchOptions) -> Result<Outcome> {
     )? {
         Found::Port(port) => port,
         Found::NoChannel(what) => {
-            info!(
-                "the host provides no channel matching {} ({what}, unchanged for {:.1} s); CloudStack \
-                 4.11.3 and later send the parameters through the QEMU guest agent instead; nothing to do",
-                opts.selector.describe(),
-                opts.no_channel_after.as_secs_f64()
-            );
+            say_no_channel(opts, &what);
             return Ok(Outcome::NoChannel);
         }
         Found::TimedOut if reboot => return kept(opts, None),
-        Found::TimedOut => {
-            return Err(Error::NoPort {
-                pattern: opts.selector.describe(),
-                dir: opts.sysfs_root.join("class/virtio-ports"),
-                secs: port_wait.as_secs_f64(),
-            })
-        }
+        Found::TimedOut => return Err(no_port(opts)),
     };
+    // Said only once there is a port to wait on: on a host without one the
+    // stored cmdline is not this job's to keep.
+    if reboot {
+        info!(
+            "{} already holds a cmdline; once the port is open, waiting up to {:?} for fresh parameters",
+            opts.targets.cmdline().display(),
+            opts.grace
+        );
+    }
+    fetch_from(opts, &port, reboot)
+}
+
+/// `--name org.qemu.guest_agent.0` is a usage error: that port is never opened.
+pub fn refuse_guest_agent_name(opts: &FetchOptions) -> Result<()> {
+    if opts.selector.name.as_deref() == Some(GUEST_AGENT_PORT) {
+        return Err(Error::Usage(format!(
+            "--name {GUEST_AGENT_PORT}: that is the QEMU guest agent's port, which this program never opens"
+        )));
+    }
+    Ok(())
+}
+
+/// Whether a cmdline from an earlier boot is stored (the reboot case). A
+/// damaged one (an older, non-atomic writer; a bad disk) must not keep
+/// fresh parameters out: the port is then read as on a first boot.
+pub fn holds_cmdline(opts: &FetchOptions) -> Result<bool> {
+    match store::stored_cmdline(&opts.targets.cache_dir) {
+        Ok(stored) => Ok(stored.is_some()),
+        Err(e @ Error::BadStored { .. }) => {
+            warn!("{e}; reading the port as on a first boot");
+            Ok(false)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+pub(crate) fn say_no_channel(opts: &FetchOptions, what: &str) {
+    info!(
+        "the host provides no channel matching {} ({what}, unchanged for {:.1} s); CloudStack \
+         4.11.3 and later send the parameters through the QEMU guest agent instead",
+        opts.selector.describe(),
+        opts.no_channel_after.as_secs_f64()
+    );
+}
+
+pub(crate) fn no_port(opts: &FetchOptions) -> Error {
+    Error::NoPort {
+        pattern: opts.selector.describe(),
+        dir: opts.sysfs_root.join("class/virtio-ports"),
+        secs: opts.port_timeout.as_secs_f64(),
+    }
+}
+
+/// Reads `port` and stores what the host sends. `reboot`: a cmdline is
+/// stored already, kept if nothing fresh comes within `opts.grace` of
+/// opening the port (0: only a message already arriving is waited for;
+/// `opts.timeout` or more: kept only at the deadline).
+pub fn fetch_from(opts: &FetchOptions, port: &Port, reboot: bool) -> Result<Outcome> {
     store::check_targets(&opts.targets)?;
-    let mut reader = PortReader::open(&port, opts.ack)?;
+    let mut reader = PortReader::open(port, opts.ack)?;
     let opened = Instant::now();
     let mut decoder = Decoder::new();
     // On a reboot the wait ends with the grace period, unless a message is
@@ -174,9 +201,18 @@ fn kept(opts: &FetchOptions, decoder: Option<&Decoder>) -> Result<Outcome> {
         Some(d) if d.received_any() => " (only stray bytes came)".to_owned(),
         _ => String::new(),
     };
+    let within = if opts.grace.is_zero() {
+        "nothing was arriving on the port".to_owned()
+    } else if opts.grace >= opts.timeout {
+        format!("no fresh parameters within {:?}", opts.timeout)
+    } else {
+        format!(
+            "no fresh parameters within the grace period of {:?}",
+            opts.grace
+        )
+    };
     info!(
-        "no fresh parameters within the grace period of {:?}{what}; keeping those in {}",
-        opts.grace,
+        "{within}{what}; keeping those in {}",
         opts.targets.cmdline().display()
     );
     Ok(Outcome::KeptStored)

@@ -6,10 +6,13 @@
 //! [`cmdline`] reads the stored `key=value` pairs back for `get` and `show`.
 //! Where the host has no `*.vport` channel and writes the cmdline through
 //! the QEMU guest agent instead, [`barrier`] holds the boot until that file
-//! is whole, fresh and valid ([`openers`] tells who has it open). Each
-//! job first restricts itself to the paths it needs ([`sandbox`]).
+//! is whole, fresh and valid ([`openers`] tells who has it open). [`boot`]
+//! is the one boot job that runs both sides at once, taking from
+//! [`shutdown`] how the previous boot ended. Each job first restricts
+//! itself to the paths it needs ([`sandbox`]).
 
 pub mod barrier;
+pub mod boot;
 pub mod cmdline;
 pub mod fetch;
 pub mod openers;
@@ -17,6 +20,7 @@ pub mod pattern;
 pub mod port;
 pub mod ports;
 pub mod sandbox;
+pub mod shutdown;
 pub mod store;
 pub mod wait;
 

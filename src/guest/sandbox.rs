@@ -29,6 +29,7 @@ use std::path::{Path, PathBuf};
 use nix::libc;
 
 use super::barrier::BarrierOptions;
+use super::boot::BootOptions;
 use super::fetch::FetchOptions;
 use crate::error::{Error, Result};
 
@@ -69,6 +70,29 @@ impl Access {
     }
 }
 
+/// The boot job: both sides at once, and it reads and removes the
+/// shutdown record in the state directory.
+impl Access {
+    pub fn for_boot(opts: &BootOptions) -> Access {
+        let fetch = Access::for_fetch(&opts.fetch);
+        let barrier = Access::for_barrier(&opts.barrier);
+        let mut access = Access {
+            read: vec![
+                opts.fetch.sysfs_root.clone(),
+                opts.barrier.proc_root.clone(),
+            ],
+            devices: fetch.devices,
+            write: fetch.write,
+        };
+        for p in barrier.write.into_iter().chain([opts.state_dir.clone()]) {
+            if !access.write.contains(&p) {
+                access.write.push(p);
+            }
+        }
+        access
+    }
+}
+
 /// What [`restrict`] achieved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Restricted {
@@ -97,7 +121,7 @@ const READ: u64 = READ_FILE | READ_DIR;
 /// Storing atomically: temporary file, rename over the target, the
 /// directories made where missing; the barrier moves a bad cmdline aside.
 const WRITE: u64 = READ | WRITE_FILE | MAKE_REG | MAKE_DIR | REMOVE_FILE | REFER | TRUNCATE;
-const DEVICE: u64 = READ_FILE | WRITE_FILE;
+const DEVICE: u64 = READ_FILE | WRITE_FILE | READ_DIR;
 /// What a rule on a file (not a directory) may hold.
 const FILE_RIGHTS: u64 = EXECUTE | WRITE_FILE | READ_FILE | TRUNCATE;
 

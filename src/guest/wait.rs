@@ -47,6 +47,20 @@ pub fn wait_for_port(
     deadline: Instant,
     settled: Duration,
 ) -> Result<Found> {
+    wait_for_port_seeing(sysfs_root, dev_root, sel, deadline, settled, &mut |_| {})
+}
+
+/// [`wait_for_port`], showing every scan that chose no port to `seen`
+/// first: the boot job starts its guest agent side from there as soon as
+/// that port is named, without waiting for the no-channel decision.
+pub fn wait_for_port_seeing(
+    sysfs_root: &Path,
+    dev_root: &Path,
+    sel: &Selector,
+    deadline: Instant,
+    settled: Duration,
+    seen: &mut dyn FnMut(&[Port]),
+) -> Result<Found> {
     let uevents = uevent_socket();
     let mut announced = false;
     let start = Instant::now();
@@ -72,6 +86,7 @@ pub fn wait_for_port(
             }
             return Ok(Found::Port(port.clone()));
         }
+        seen(&found);
         let now = Instant::now();
         let snapshot: Vec<(String, Option<String>)> = found
             .iter()

@@ -12,8 +12,8 @@
 # goes through logind. The package goes in the way a template build installs it: `apt-get
 # install ./vport-bootargs_*.deb` in the chroot. The test's guest files
 # (guest/) add stand-ins for cloud-preinit.service (init.sh's qemu-ga start
-# and poll) and cloud-early-config.service, shorter deadlines for
-# vport-bootargs-barrier.service, and a unit that prints
+# and poll) and cloud-early-config.service, a shorter deadline for the
+# cmdline file in vport-bootargs.service, and a unit that prints
 # what the boot did to the serial console.
 set -eu
 deb=$(realpath "$1")
@@ -36,6 +36,9 @@ systemd-veritysetup-generator"
 
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
+# The package goes in as an upgrade from the two-unit layout (0.1.0): one
+# unit must be left enabled, nothing of the old barrier unit.
+"$guest/old-layout-deb.sh" "$out/old-layout.deb"
 tree=$out/tree
 rm -rf "$tree" "$out/image.raw" "$out/vmlinuz" "$out/vmlinux" "$out/initrd.img"
 
@@ -63,6 +66,9 @@ mmdebstrap --variant=minbase --mode=root \
     --setup-hook="upload '$guest/initramfs.conf' /etc/initramfs-tools/conf.d/image-test.conf" \
     --setup-hook="upload '$guest/initramfs-hook' /etc/initramfs-tools/hooks/image-test" \
     --setup-hook='chmod 0755 "$1/etc/initramfs-tools/hooks/image-test"' \
+    --customize-hook="upload '$out/old-layout.deb' /tmp/old-layout.deb" \
+    --customize-hook='chroot "$1" dpkg -i /tmp/old-layout.deb' \
+    --customize-hook='rm "$1/tmp/old-layout.deb"' \
     --customize-hook="upload '$deb' /tmp/vport-bootargs.deb" \
     --customize-hook='chroot "$1" apt-get install -y --no-install-recommends /tmp/vport-bootargs.deb' \
     --customize-hook='rm "$1/tmp/vport-bootargs.deb"' \
@@ -70,8 +76,8 @@ mmdebstrap --variant=minbase --mode=root \
     --customize-hook="upload '$guest/cloud-early-config' /usr/local/sbin/cloud-early-config" \
     --customize-hook="upload '$guest/cloud-preinit.service' /etc/systemd/system/cloud-preinit.service" \
     --customize-hook="upload '$guest/cloud-preinit' /usr/local/sbin/cloud-preinit" \
-    --customize-hook='mkdir -p "$1/etc/systemd/system/vport-bootargs-barrier.service.d"' \
-    --customize-hook="upload '$guest/barrier-image-test.conf' /etc/systemd/system/vport-bootargs-barrier.service.d/image-test.conf" \
+    --customize-hook='mkdir -p "$1/etc/systemd/system/vport-bootargs.service.d"' \
+    --customize-hook="upload '$guest/boot-image-test.conf' /etc/systemd/system/vport-bootargs.service.d/image-test.conf" \
     --customize-hook="upload '$guest/image-check.service' /etc/systemd/system/image-check.service" \
     --customize-hook="upload '$guest/image-check' /usr/local/sbin/image-check" \
     --customize-hook='chmod 0755 "$1/usr/local/sbin/cloud-early-config" "$1/usr/local/sbin/cloud-preinit" "$1/usr/local/sbin/image-check"' \

@@ -1,0 +1,263 @@
+//! The boot job (`vport-bootargs boot`, the one unit's ExecStart): one
+//! process that releases CloudStack's boot scripts at the first moment it
+//! is certain of their parameters, whichever way the host sends them.
+//!
+//! - The watch on the cmdline's directory is set up before anything else,
+//!   so that a write made through qemu-ga while the ports are still being
+//!   named is an event, never missed.
+//! - This thread waits for a `*.vport` port ([`wait`]). As soon as a scan
+//!   shows the guest agent's port named and no `*.vport` port, a second
+//!   thread holds on the cmdline file ([`barrier::hold`]), without waiting
+//!   for the no-channel decision.
+//! - A `*.vport` port wins: the file's thread is stopped (its watch's wait
+//!   ends; it never decides after that), and [`fetch`] stores what the
+//!   port brings. No `*.vport` port (the ports named and unchanged for
+//!   `--no-channel-after`): the file thread's decision is the job's. Neither
+//!   port: nothing can send, and the job ends.
+//!
+//! How long a stored cmdline waits for fresh parameters follows from how
+//! the previous boot ended ([`shutdown`]): [`Rule`].
+
+use std::path::PathBuf;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use super::barrier::{self, BarrierOptions, Keep, Released, Watch};
+use super::fetch::{self, FetchOptions, Outcome};
+use super::ports::{Port, Verdict, GUEST_AGENT_PORT};
+use super::shutdown::{self, Ended, RECORD_FILE};
+use super::wait::{wait_for_port_seeing, Found};
+use crate::error::{Error, Result};
+use crate::{deadline, debug, info};
+
+#[derive(Debug, Clone)]
+pub struct BootOptions {
+    /// The port side; its `grace` is the one for a boot with no record.
+    pub fetch: FetchOptions,
+    /// The guest agent's file side; its `grace` likewise. Its cache
+    /// directory is the fetch side's.
+    pub barrier: BarrierOptions,
+    /// Where the shutdown record is kept.
+    pub state_dir: PathBuf,
+}
+
+/// How long a stored cmdline waits for fresh parameters this boot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rule {
+    /// Nothing stored: the host's parameters are awaited until the
+    /// deadline.
+    NothingStored,
+    /// After a clean reboot the host sends nothing: the stored cmdline is
+    /// kept at once (a message already arriving on the port is still read).
+    KeepAtOnce,
+    /// After a poweroff a start follows and the host writes: fresh
+    /// parameters are awaited until the deadline, where a valid stored
+    /// cmdline is kept.
+    AwaitFresh,
+    /// No record (reset, destroyed, crashed, or none was made): fresh
+    /// parameters get the grace period.
+    Grace,
+}
+
+impl Rule {
+    pub fn new(ended: Option<Ended>, stored: bool) -> Rule {
+        match (stored, ended) {
+            (false, _) => Rule::NothingStored,
+            (true, Some(Ended::Reboot)) => Rule::KeepAtOnce,
+            (true, Some(Ended::Poweroff)) => Rule::AwaitFresh,
+            (true, None) => Rule::Grace,
+        }
+    }
+
+    fn keep(self) -> Keep {
+        match self {
+            Rule::KeepAtOnce => Keep::AtOnce,
+            Rule::AwaitFresh => Keep::AtDeadline,
+            Rule::NothingStored | Rule::Grace => Keep::AfterGrace,
+        }
+    }
+
+    /// The grace for a side whose deadline is `timeout` and whose grace
+    /// with no record is `grace`.
+    fn grace(self, grace: Duration, timeout: Duration) -> Duration {
+        match self {
+            Rule::KeepAtOnce => Duration::ZERO,
+            Rule::AwaitFresh => timeout,
+            Rule::NothingStored | Rule::Grace => grace,
+        }
+    }
+}
+
+/// What the job ended on.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Booted {
+    /// A `*.vport` port was read.
+    Port(Outcome),
+    /// The cmdline file written through qemu-ga was decided on.
+    File(Released),
+    /// Neither a `*.vport` port nor the guest agent's: nothing can send.
+    NoChannel,
+}
+
+/// Runs the boot job (module comment) until the boot scripts can go on.
+pub fn boot(opts: &BootOptions) -> Result<Booted> {
+    fetch::refuse_guest_agent_name(&opts.fetch)?;
+    let start = Instant::now();
+    let cache_dir = &opts.fetch.targets.cache_dir;
+    let mut watch = Watch::new(cache_dir)?;
+    let stopper = watch.stopper()?;
+    let ended = shutdown::take(&opts.state_dir);
+    let stored = fetch::holds_cmdline(&opts.fetch)?;
+    let rule = Rule::new(ended, stored);
+    say_rule(opts, ended, rule);
+
+    let mut fopts = opts.fetch.clone();
+    fopts.grace = rule.grace(fopts.grace, fopts.timeout);
+    let mut bopts = opts.barrier.clone();
+    bopts.cache_dir = cache_dir.clone();
+    bopts.grace = rule.grace(bopts.grace, bopts.timeout);
+
+    let mut watch = Some(watch);
+    let mut file_side: Option<(JoinHandle<Result<Released>>, String)> = None;
+    let found = wait_for_port_seeing(
+        &fopts.sysfs_root,
+        &fopts.dev_root,
+        &fopts.selector,
+        deadline::after(start, fopts.port_timeout),
+        fopts.no_channel_after,
+        &mut |ports: &[Port]| {
+            let Some(agent) = ports.iter().find(|p| p.verdict == Verdict::GuestAgent) else {
+                return;
+            };
+            let Some(mut watch) = watch.take() else {
+                return;
+            };
+            debug!(
+                "{GUEST_AGENT_PORT} is named ({}) and no port matches {} yet: watching the cmdline file",
+                agent.entry,
+                fopts.selector.describe()
+            );
+            let (agent, bopts) = (agent.clone(), bopts.clone());
+            let entry = agent.entry.clone();
+            let handle = thread::spawn(move || {
+                barrier::hold(&bopts, &mut watch, &agent, start, rule.keep())
+            });
+            file_side = Some((handle, entry));
+        },
+    );
+    let found = match found {
+        Ok(found) => found,
+        Err(e) => {
+            stopper.stop();
+            if let Some((handle, _)) = file_side {
+                let _ = handle.join();
+            }
+            return Err(e);
+        }
+    };
+    match (found, file_side) {
+        (Found::Port(port), file_side) => {
+            // The port wins: the file side ends before the port is read,
+            // so that nothing but fetch writes the cmdline from here on.
+            stopper.stop();
+            if let Some((handle, _)) = file_side {
+                let _ = handle.join();
+            }
+            // The file side may have moved a bad file aside meanwhile.
+            let stored = stored && fopts.targets.cmdline().exists();
+            if stored && rule == Rule::Grace {
+                info!(
+                    "once port {} is open, waiting up to {:?} for fresh parameters",
+                    port.name.as_deref().unwrap_or(""),
+                    fopts.grace
+                );
+            }
+            fetch::fetch_from(&fopts, &port, stored).map(Booted::Port)
+        }
+        (Found::NoChannel(what), Some((handle, _))) => {
+            fetch::say_no_channel(&fopts, &what);
+            joined(handle)
+        }
+        (Found::TimedOut, Some((handle, entry))) => {
+            debug!(
+                "the ports did not settle within {:?}; {GUEST_AGENT_PORT} ({entry}) is there, so the cmdline file decides",
+                fopts.port_timeout
+            );
+            joined(handle)
+        }
+        (Found::NoChannel(what), None) => {
+            info!(
+                "the host provides no port matching {} and no {GUEST_AGENT_PORT} port ({what}): nothing can send the parameters; not holding the boot",
+                fopts.selector.describe()
+            );
+            Ok(Booted::NoChannel)
+        }
+        (Found::TimedOut, None) if stored => {
+            info!(
+                "no port matching {} and no {GUEST_AGENT_PORT} port appeared within {:?}; keeping the cmdline in {}",
+                fopts.selector.describe(),
+                fopts.port_timeout,
+                fopts.targets.cmdline().display()
+            );
+            Ok(Booted::Port(Outcome::KeptStored))
+        }
+        (Found::TimedOut, None) => Err(fetch::no_port(&fopts)),
+    }
+}
+
+fn joined(handle: JoinHandle<Result<Released>>) -> Result<Booted> {
+    match handle.join() {
+        Ok(released) => released.map(Booted::File),
+        Err(_) => Err(Error::Unavailable(
+            "the wait on the cmdline file failed".into(),
+        )),
+    }
+}
+
+/// The one line that says which rule applies and why.
+fn say_rule(opts: &BootOptions, ended: Option<Ended>, rule: Rule) {
+    let record = opts.state_dir.join(RECORD_FILE);
+    let cmdline = opts.fetch.targets.cmdline();
+    let cmdline = cmdline.display();
+    let how = match ended {
+        Some(e) => format!("the previous boot ended in a {} ({})", e.word(), record.display()),
+        None => format!(
+            "no record of how the previous boot ended in {} (a reset, a destroy, a crash, or a boot without this package)",
+            record.display()
+        ),
+    };
+    match rule {
+        Rule::NothingStored => info!(
+            "{cmdline} holds no cmdline: waiting for the host's parameters ({how})"
+        ),
+        Rule::KeepAtOnce => info!(
+            "{how}, after which CloudStack sends nothing: keeping the cmdline in {cmdline} at once unless fresh parameters are already arriving"
+        ),
+        Rule::AwaitFresh => info!(
+            "{how}, so a start follows and the host writes new parameters: waiting for them up to {:?}, keeping the cmdline in {cmdline} only then",
+            opts.fetch.timeout.max(opts.barrier.timeout)
+        ),
+        Rule::Grace => info!(
+            "{how}: fresh parameters get a grace period before the cmdline in {cmdline} is kept"
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn how_the_previous_boot_ended_sets_the_rule() {
+        assert_eq!(Rule::new(Some(Ended::Reboot), true), Rule::KeepAtOnce);
+        assert_eq!(Rule::new(Some(Ended::Poweroff), true), Rule::AwaitFresh);
+        assert_eq!(Rule::new(None, true), Rule::Grace);
+        for ended in [None, Some(Ended::Reboot), Some(Ended::Poweroff)] {
+            assert_eq!(Rule::new(ended, false), Rule::NothingStored);
+        }
+        let (grace, timeout) = (Duration::from_secs(5), Duration::from_secs(180));
+        assert_eq!(Rule::KeepAtOnce.grace(grace, timeout), Duration::ZERO);
+        assert_eq!(Rule::AwaitFresh.grace(grace, timeout), timeout);
+        assert_eq!(Rule::Grace.grace(grace, timeout), grace);
+    }
+}
