@@ -4,7 +4,9 @@
 # shipped and ROUNDS times with a drop-in that turns its sandbox settings off,
 # alternately, each from a fresh copy of the disk, with the host's message
 # already waiting in the socket (`send --wait-ack` started before QEMU), and
-# prints the unit's start-to-exit time from systemd's own timestamps.
+# prints the unit's start-to-exit time from systemd's own timestamps
+# (ExecMainStartTimestamp is taken at fork: systemd's setup of the sandbox
+# is inside it).
 #
 #   tests/image/sandbox-boots.sh IMAGE_DIR [ROUNDS]      (default 2)
 #
@@ -14,10 +16,11 @@
 # systemd enforces with seccomp filters), `no-mountns` (the settings that
 # need a mount namespace), `fs-only` (of those, only ProtectSystem=,
 # ReadWritePaths= and ProtectHome= kept), `no-ktunables`, `no-privatetmp`;
-# or this checkout's unit (systemd/, over the image's): `checkout` as it
-# is, `checkout-core` without what it adds to the system-call filter, the
-# capabilities and NoNewPrivileges= (PrivateNetwork=, the device cgroup,
-# ProtectClock=).
+# `core` (the unit without what it adds to the system-call filter, the
+# capabilities and NoNewPrivileges=: PrivateNetwork=, the device cgroup,
+# ProtectClock=), `mountns` (the unit with the mount-namespace settings it
+# had before Landlock replaced them). `checkout` puts this checkout's unit
+# (systemd/) over the image's; `checkout-X` adds variant X's drop-in.
 #
 # BIN=PATH puts that binary on every disk as /usr/sbin/vport-bootargs (a
 # static release build, e.g. target/x86_64-unknown-linux-musl/release/
@@ -41,6 +44,8 @@ trap 'rm -rf "$work"' EXIT
 # Every sandbox setting of the unit, reset to what no setting means.
 cat >"$work/nosandbox.conf" <<'EOF'
 [Service]
+DevicePolicy=auto
+DeviceAllow=
 ProtectSystem=no
 ReadWritePaths=
 ProtectHome=no
@@ -86,7 +91,12 @@ cp "$work/nosandbox.conf" "$work/none.conf"
 printf '[Service]\nExecStartPre=-/bin/sh -c %s\n' \
     "'echo \"@@ lsm \$\$(cat /sys/kernel/security/lsm)\"'" >"$work/lsm.conf"
 printf '[Service]\n%s\n' PrivateNetwork=no DevicePolicy=auto DeviceAllow= ProtectClock=no \
-    >"$work/checkout-core.conf"
+    >"$work/core.conf"
+# The one unit's sandbox before Landlock: its mount-namespace settings.
+printf '[Service]\n%s\n' ProtectSystem=strict ReadWritePaths=-/root/.ssh ProtectHome=read-only \
+    PrivateTmp=yes ProtectKernelTunables=yes ProtectKernelModules=yes ProtectKernelLogs=yes \
+    ProtectControlGroups=yes ProtectHostname=yes ProcSubset=pid IPAddressDeny=any \
+    DevicePolicy=auto DeviceAllow= >"$work/mountns.conf"
 
 boot() { # $1 label, $2 variant
     run=$work/$1
@@ -100,16 +110,17 @@ boot() { # $1 label, $2 variant
     case $2 in checkout*)
         debugfs -w -R "write $repo/systemd/vport-bootargs.service /etc/systemd/system/vport-bootargs.service" \
             "$run/disk.raw" >/dev/null 2>&1
-        # Which LSMs this kernel runs (is Landlock among them?), on the
-        # console; before the main process, so outside the figure.
-        d=/etc/systemd/system/vport-bootargs.service.d
-        debugfs -w -R "mkdir $d" "$run/disk.raw" >/dev/null 2>&1
-        debugfs -w -R "write $work/lsm.conf $d/lsm.conf" "$run/disk.raw" >/dev/null 2>&1
     esac
-    if [ "$2" != sandbox ] && [ "$2" != checkout ]; then
+    # Which LSMs this kernel runs (is Landlock among them?), on the
+    # console; before the main process, so outside the figure.
+    d=/etc/systemd/system/vport-bootargs.service.d
+    debugfs -w -R "mkdir $d" "$run/disk.raw" >/dev/null 2>&1
+    debugfs -w -R "write $work/lsm.conf $d/lsm.conf" "$run/disk.raw" >/dev/null 2>&1
+    conf=${2#checkout-}
+    if [ "$conf" != sandbox ] && [ "$conf" != checkout ]; then
         d=/etc/systemd/system/vport-bootargs.service.d
         debugfs -w -R "mkdir $d" "$run/disk.raw" >/dev/null 2>&1
-        debugfs -w -R "write $work/$2.conf $d/bench.conf" "$run/disk.raw" >/dev/null 2>&1
+        debugfs -w -R "write $work/$conf.conf $d/bench.conf" "$run/disk.raw" >/dev/null 2>&1
     fi
     "$bin" -q send --socket "$run/s-1-VM.agent" --no-pubkey --raw \
         -p "type=secstorage name=s-1-VM" --wait-ack 400 &
