@@ -12,6 +12,7 @@ use crate::guest::barrier::{self, BarrierOptions};
 use crate::guest::boot::{self, BootOptions};
 use crate::guest::fetch::{self, FetchOptions, Outcome};
 use crate::guest::ports::Selector;
+use crate::guest::sandbox::{self, Access};
 use crate::guest::shutdown::{self, Ended};
 use crate::guest::store::{self, Targets};
 use crate::guest::{cmdline, ports};
@@ -43,6 +44,7 @@ pub fn run(cli: Cli) -> Result<i32> {
     match cli.command {
         Command::Fetch(args) => {
             let opts = fetch_options(&cli.sysfs_root, &cli.dev_root, args);
+            sandbox::restrict_job(&Access::for_fetch(&opts))?;
             match fetch::fetch(&opts)? {
                 Outcome::Stored { .. } | Outcome::KeptStored | Outcome::NoChannel => Ok(exit::OK),
             }
@@ -58,11 +60,13 @@ pub fn run(cli: Cli) -> Result<i32> {
                 timeout: Duration::from_secs_f64(args.file_timeout),
                 grace: Duration::from_secs_f64(args.file_grace),
             };
-            boot::boot(&BootOptions {
+            let opts = BootOptions {
                 fetch,
                 barrier,
                 state_dir: args.state_dir,
-            })?;
+            };
+            sandbox::restrict_job(&Access::for_boot(&opts))?;
+            boot::boot(&opts)?;
             Ok(exit::OK)
         }
         Command::RecordShutdown(args) => {
@@ -159,6 +163,7 @@ pub fn run(cli: Cli) -> Result<i32> {
                 timeout: Duration::from_secs_f64(args.timeout),
                 grace: Duration::from_secs_f64(args.grace),
             };
+            sandbox::restrict_job(&Access::for_barrier(&opts))?;
             barrier::barrier(&opts)?;
             Ok(exit::OK)
         }

@@ -8,7 +8,8 @@
 //! the QEMU guest agent instead, [`barrier`] holds the boot until that file
 //! is whole, fresh and valid ([`openers`] tells who has it open). [`boot`]
 //! is the one boot job that runs both sides at once, taking from
-//! [`shutdown`] how the previous boot ended.
+//! [`shutdown`] how the previous boot ended. Each job first restricts
+//! itself to the paths it needs ([`sandbox`]).
 
 pub mod barrier;
 pub mod boot;
@@ -18,6 +19,7 @@ pub mod openers;
 pub mod pattern;
 pub mod port;
 pub mod ports;
+pub mod sandbox;
 pub mod shutdown;
 pub mod store;
 pub mod wait;
