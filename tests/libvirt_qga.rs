@@ -45,7 +45,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use libvirtd::Libvirtd;
-use shared::{base64_encode, copy_sparse, image, once, repo, stdout_or_stderr, Facts};
+use shared::{base64_encode, cmdline, copy_sparse, image, once, repo, stdout_or_stderr, Facts};
 use vport_bootargs::wire::digest_hex;
 
 /// The package's units, masked for the boots without it (`systemd.mask=`
@@ -75,26 +75,6 @@ const LATE_SECOND_PARSE_DELAY: &str = "earlyconfig.delay=45";
 
 fn work() -> PathBuf {
     repo().join("target/libvirt-qga")
-}
-
-/// A cmdline of exactly `len` bytes as patch.sh writes it (`echo`'s
-/// newline included), its name= (the hostname init.sh would set) and the
-/// rest different for each `seed`.
-fn cmdline(len: usize, seed: &str) -> String {
-    let mut s = format!("template=domP type=secstorage name=s-{seed}-VM seed={seed}");
-    let mut i = 0;
-    while s.len() < len - 1 {
-        s.push_str(&format!(" k{i}=v{i}"));
-        i += 1;
-    }
-    s.truncate(len - 1);
-    while s.ends_with(' ') || s.ends_with('=') {
-        s.pop();
-        s.push('x');
-    }
-    s.push('\n');
-    assert_eq!(s.len(), len);
-    s
 }
 
 #[derive(Clone, Copy, PartialEq, Debug)]

@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 
 use libvirtd::Libvirtd;
 use shared::{
-    base64_decode, base64_encode, copy_sparse, image, once, repo, stdout_or_stderr, Facts,
+    base64_decode, base64_encode, cmdline, copy_sparse, image, once, repo, stdout_or_stderr, Facts,
 };
 use vport_bootargs::wire::digest_hex;
 
@@ -65,24 +65,6 @@ const GUEST_PATH: &str = "/var/cache/cloud/cmdline";
 
 fn work() -> PathBuf {
     repo().join("target/libvirt-send")
-}
-
-/// A cmdline of `len` bytes as written (words joined by single spaces, a
-/// trailing newline), different for each `seed`.
-fn cmdline(len: usize, seed: &str) -> String {
-    let mut s = format!("template=domP type=secstorage name=s-1-VM seed={seed}");
-    let mut i = 0;
-    while s.len() < len - 1 {
-        s.push_str(&format!(" k{i}=v{i}"));
-        i += 1;
-    }
-    s.truncate(len - 1);
-    while s.ends_with(' ') || s.ends_with('=') {
-        s.pop();
-        s.push('x');
-    }
-    s.push('\n');
-    s
 }
 
 #[derive(Clone, Copy, PartialEq, Debug)]

@@ -8,7 +8,7 @@
 //! `{"count":N,"eof":false}`; `guest-file-read` `{"count":N,"buf-b64":..,
 //! "eof":B}`. libvirt prints them as compact JSON, one line.
 
-use std::fmt::Write as _;
+use crate::guest::cmdline::json_string;
 
 /// The channel qemu-ga listens on, as it is named in the domain's XML.
 pub const AGENT_CHANNEL: &str = "org.qemu.guest_agent.0";
@@ -26,24 +26,6 @@ pub fn patch_sh_text(cmdline: &str) -> Option<String> {
     let mut text = words.join(" ");
     text.push('\n');
     Some(text)
-}
-
-/// A string as a JSON string literal.
-fn json_string(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
 }
 
 pub fn ping() -> String {
@@ -262,7 +244,7 @@ mod tests {
 
     #[test]
     fn a_path_is_escaped_as_a_json_string() {
-        assert_eq!(json_string("a\"b\\c\n"), r#""a\"b\\c\u000a""#);
+        assert_eq!(json_string("a\"b\\c\n"), r#""a\"b\\c\n""#);
     }
 
     #[test]

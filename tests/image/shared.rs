@@ -203,3 +203,23 @@ pub fn stdout_or_stderr(out: &Output) -> Result<String, String> {
         Err(text(&out.stderr))
     }
 }
+
+/// A cmdline of exactly `len` bytes as patch.sh writes it (`echo`'s
+/// newline included), its name= (the hostname init.sh would set) and the
+/// rest different for each `seed`.
+pub fn cmdline(len: usize, seed: &str) -> String {
+    let mut s = format!("template=domP type=secstorage name=s-{seed}-VM seed={seed}");
+    let mut i = 0;
+    while s.len() < len - 1 {
+        s.push_str(&format!(" k{i}=v{i}"));
+        i += 1;
+    }
+    s.truncate(len - 1);
+    while s.ends_with(' ') || s.ends_with('=') {
+        s.pop();
+        s.push('x');
+    }
+    s.push('\n');
+    assert_eq!(s.len(), len);
+    s
+}
