@@ -260,6 +260,8 @@ impl Bench {
         let mut xml = fs::read_to_string(repo().join("tests/libvirt_qga/system-vm.xml"))
             .unwrap()
             .replace("@NAME@", vm)
+            // Each domain here is created once: libvirt gives it a UUID.
+            .replace("  <uuid>@UUID@</uuid>\n", "")
             .replace("@KERNEL@", &self.images.join("vmlinux").to_string_lossy())
             .replace(
                 "@INITRD@",
