@@ -52,6 +52,17 @@ impl Job {
     }
 
     /// `boot -v` with short deadlines; `opts` replace them.
+    /// The guest agent's port only, over a cmdline already there: runs
+    /// `boot` with `args` until it says the file is from an earlier boot,
+    /// then plays qemu-ga opening its port, and waits for the job's end.
+    fn over_an_earlier_file(&self, args: &[(&str, &str)]) -> (i32, String) {
+        self.tree.add_port("vport0p1", Some(AGENT));
+        let mut run = self.boot(args);
+        run.wait_for_line("is from an earlier boot");
+        let _agent = self.agent_opens_port("vport0p1");
+        done(run)
+    }
+
     fn boot(&self, opts: &[(&str, &str)]) -> Running {
         let mut c = self.tree.cmd("boot");
         c.args(["-v", "--no-ack", "--fifo-stand-in"])
@@ -227,11 +238,7 @@ fn the_guest_agent_file_is_released_only_once_whole() {
 fn where_no_vport_port_exists_nothing_speaks_of_opening_one() {
     let job = Job::new();
     job.stale();
-    job.tree.add_port("vport0p1", Some(AGENT));
-    let mut run = job.boot(&[("--file-grace", "0.3")]);
-    run.wait_for_line("is from an earlier boot");
-    let _agent = job.agent_opens_port("vport0p1");
-    let (code, err) = done(run);
+    let (code, err) = job.over_an_earlier_file(&[("--file-grace", "0.3")]);
     assert_eq!(code, 0, "{err}");
     assert!(!err.contains("once the port is open"), "{err}");
     assert!(!err.contains("opened port"), "{err}");
@@ -319,11 +326,7 @@ fn after_a_poweroff_with_nothing_sent_the_stored_file_is_kept_at_the_deadline() 
     let job = Job::new();
     job.stale();
     fs::write(job.record(), "poweroff\n").unwrap();
-    job.tree.add_port("vport0p1", Some(AGENT));
-    let mut run = job.boot(&[("--file-grace", "0.1"), ("--file-timeout", "1")]);
-    run.wait_for_line("is from an earlier boot");
-    let _agent = job.agent_opens_port("vport0p1");
-    let (code, err) = done(run);
+    let (code, err) = job.over_an_earlier_file(&[("--file-grace", "0.1"), ("--file-timeout", "1")]);
     assert_eq!(code, 0, "{err}");
     assert!(
         err.contains("no fresh parameters within 1s; keeping the cmdline from an earlier boot"),
@@ -336,11 +339,7 @@ fn after_a_poweroff_with_nothing_sent_the_stored_file_is_kept_at_the_deadline() 
 fn with_no_record_the_stored_file_is_kept_after_the_grace_period() {
     let job = Job::new();
     job.stale();
-    job.tree.add_port("vport0p1", Some(AGENT));
-    let mut run = job.boot(&[("--file-grace", "0.3")]);
-    run.wait_for_line("is from an earlier boot");
-    let _agent = job.agent_opens_port("vport0p1");
-    let (code, err) = done(run);
+    let (code, err) = job.over_an_earlier_file(&[("--file-grace", "0.3")]);
     assert_eq!(code, 0, "{err}");
     assert!(
         err.contains("no record of how the previous boot ended"),
@@ -357,11 +356,7 @@ fn a_record_that_says_something_else_counts_as_none_and_is_removed() {
     let job = Job::new();
     job.stale();
     fs::write(job.record(), "sideways\n").unwrap();
-    job.tree.add_port("vport0p1", Some(AGENT));
-    let mut run = job.boot(&[("--file-grace", "0.3")]);
-    run.wait_for_line("is from an earlier boot");
-    let _agent = job.agent_opens_port("vport0p1");
-    let (code, err) = done(run);
+    let (code, err) = job.over_an_earlier_file(&[("--file-grace", "0.3")]);
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("neither reboot nor poweroff"), "{err}");
     assert!(
