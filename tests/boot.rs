@@ -168,8 +168,9 @@ fn a_write_made_while_the_ports_are_still_being_named_is_not_missed() {
         err.contains("is whole, fresh and valid") && err.contains("after its writer closed it"),
         "{err}"
     );
+    // The file side's release ends the job, before the ports' quiet time.
     assert!(
-        err.contains("the host provides no channel matching"),
+        !err.contains("the host provides no channel matching"),
         "{err}"
     );
     assert_eq!(stored(&job), format!("{CMDLINE}\n"));
@@ -270,15 +271,36 @@ fn after_a_clean_reboot_the_stored_file_is_kept_at_once_without_qemu_ga() {
     fs::write(job.record(), "reboot\n").unwrap();
     job.tree.add_port("vport0p1", Some(AGENT));
     // qemu-ga has not opened its port; with no record the grace period
-    // would not even have begun.
-    let (code, err) = done(job.boot(&[("--file-grace", "60"), ("--file-timeout", "60")]));
+    // would not even have begun. And the job ends on the file side's
+    // decision, not after the ports' quiet time that decides "no channel".
+    let (code, err) = done(job.boot(&[
+        ("--file-grace", "60"),
+        ("--file-timeout", "60"),
+        ("--no-channel-after", "30"),
+        ("--port-timeout", "120"),
+    ]));
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("the previous boot ended in a reboot"), "{err}");
     assert!(
         err.contains("keeping the cmdline from an earlier boot"),
         "{err}"
     );
+    assert!(!err.contains("provides no channel"), "{err}");
     assert_eq!(stored(&job), format!("{CMDLINE_OLD}\n"));
+}
+
+#[test]
+fn a_whole_file_through_qemu_ga_ends_the_job_before_the_no_channel_decision() {
+    let job = Job::new();
+    job.tree.add_port("vport0p1", Some(AGENT));
+    let mut run = job.boot(&[("--no-channel-after", "30"), ("--port-timeout", "120")]);
+    run.wait_for_line("waiting up to");
+    job.agent_writes(&format!("{CMDLINE}\n"));
+    let (code, err) = done(run);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("is whole, fresh and valid"), "{err}");
+    assert!(!err.contains("provides no channel"), "{err}");
+    assert_eq!(stored(&job), format!("{CMDLINE}\n"));
 }
 
 #[test]

@@ -11,13 +11,16 @@
 //!   without waiting for the no-channel decision.
 //! - A `*.vport` port wins: the file's thread is stopped (its watch's wait
 //!   ends; it never decides after that), and [`fetch`] stores what the
-//!   port brings. No `*.vport` port (the ports named and unchanged for
-//!   `--no-channel-after`): the file thread's decision is the job's. Neither
-//!   port: nothing can send, and the job ends.
+//!   port brings. The file thread's decision is the job's, and ends it as
+//!   soon as it comes, without the no-channel decision (the ports named
+//!   and unchanged for `--no-channel-after`): after a clean reboot that is
+//!   at once. Neither port: nothing can send, and the job ends.
 //!
 //! How long a stored cmdline waits for fresh parameters follows from how
 //! the previous boot ended ([`shutdown`]): [`Rule`].
 
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -119,6 +122,13 @@ pub fn boot(opts: &BootOptions) -> Result<Booted> {
 
     let mut watch = Some(watch);
     let mut file_side: Option<(JoinHandle<Result<Released>>, String)> = None;
+    // The file side's decision ends the port wait at once (the file side
+    // closes `decided` when it returns): on a guest-agent-only host it
+    // comes before the no-channel decision, and after a clean reboot at
+    // once, which is all that boot waits for.
+    let (woken, decided) =
+        UnixStream::pair().map_err(|e| Error::io("cannot make", "a socket pair", e))?;
+    let mut decided = Some(decided);
     let found = wait_for_port_seeing(
         &fopts.sysfs_root,
         &fopts.dev_root,
@@ -146,11 +156,15 @@ pub fn boot(opts: &BootOptions) -> Result<Booted> {
             );
             let (agent, bopts) = (agent.clone(), bopts.clone());
             let entry = agent.entry.clone();
+            let decided = decided.take();
             let handle = thread::spawn(move || {
-                barrier::hold(&bopts, &mut watch, &agent, start, rule.keep())
+                let released = barrier::hold(&bopts, &mut watch, &agent, start, rule.keep());
+                drop(decided);
+                released
             });
             file_side = Some((handle, entry));
         },
+        Some(woken.as_fd()),
     );
     let found = match found {
         Ok(found) => found,
@@ -185,6 +199,11 @@ pub fn boot(opts: &BootOptions) -> Result<Booted> {
             fetch::say_no_channel(&fopts, &what);
             joined(handle)
         }
+        (Found::Woken, Some((handle, _))) => joined(handle),
+        // Only the file side closes `decided`, so there is one.
+        (Found::Woken, None) => Err(Error::Unavailable(
+            "the wait on the cmdline file ended before it began".into(),
+        )),
         (Found::TimedOut, Some((handle, entry))) => {
             debug!(
                 "the ports did not settle within {:?}; {GUEST_AGENT_PORT} ({entry}) is there, so the cmdline file decides",

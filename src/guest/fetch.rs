@@ -65,8 +65,9 @@ pub fn fetch(opts: &FetchOptions) -> Result<Outcome> {
             say_no_channel(opts, &what);
             return Ok(Outcome::NoChannel);
         }
-        Found::TimedOut if reboot => return kept(opts, None),
-        Found::TimedOut => return Err(no_port(opts)),
+        // Woken is for a wait given a `wake` descriptor; this one has none.
+        Found::TimedOut | Found::Woken if reboot => return kept(opts, None),
+        Found::TimedOut | Found::Woken => return Err(no_port(opts)),
     };
     // Said only once there is a port to wait on: on a host without one the
     // stored cmdline is not this job's to keep.

@@ -13,7 +13,7 @@
 //! console device at all. A console device whose driver has not bound yet
 //! (virtio_console loaded late) is waited for.
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -34,6 +34,9 @@ pub enum Found {
     /// The host offers no matching port; says what there is instead.
     NoChannel(String),
     TimedOut,
+    /// The `wake` descriptor became readable (its writer closed): the
+    /// caller's other side has decided.
+    Woken,
 }
 
 /// Returns the chosen port once it exists; [`Found::NoChannel`] once the
@@ -47,12 +50,23 @@ pub fn wait_for_port(
     deadline: Instant,
     settled: Duration,
 ) -> Result<Found> {
-    wait_for_port_seeing(sysfs_root, dev_root, sel, deadline, settled, &mut |_| {})
+    wait_for_port_seeing(
+        sysfs_root,
+        dev_root,
+        sel,
+        deadline,
+        settled,
+        &mut |_| {},
+        None,
+    )
 }
 
 /// [`wait_for_port`], showing every scan that chose no port to `seen`
 /// first: the boot job starts its guest agent side from there as soon as
-/// that port is named, without waiting for the no-channel decision.
+/// that port is named, without waiting for the no-channel decision. Ends
+/// with [`Found::Woken`] as soon as `wake` is readable (the boot job's
+/// file side closes its end when it has decided), checked before each scan
+/// and waited on with the uevents.
 pub fn wait_for_port_seeing(
     sysfs_root: &Path,
     dev_root: &Path,
@@ -60,6 +74,7 @@ pub fn wait_for_port_seeing(
     deadline: Instant,
     settled: Duration,
     seen: &mut dyn FnMut(&[Port]),
+    wake: Option<BorrowedFd<'_>>,
 ) -> Result<Found> {
     let uevents = uevent_socket();
     let mut announced = false;
@@ -67,6 +82,9 @@ pub fn wait_for_port_seeing(
     let mut last: Option<Vec<(String, Option<String>)>> = None;
     let mut changed = start;
     loop {
+        if wake.is_some_and(|fd| readable(fd, Instant::now())) {
+            return Ok(Found::Woken);
+        }
         let found = ports::scan(sysfs_root, dev_root, sel)
             .map_err(|e| Error::io("cannot scan", sysfs_root.join("class/virtio-ports"), e))?;
         if let Some(port) = ports::chosen(&found) {
@@ -128,11 +146,14 @@ pub fn wait_for_port_seeing(
         if none_offered.is_some() {
             until = until.min(deadline::after(changed, settled));
         }
-        match &uevents {
-            Ok(sock) => wait_uevent(sock, until),
-            Err(_) => std::thread::sleep(until - now),
-        }
+        wait_uevent(uevents.as_ref().ok(), wake, until);
     }
+}
+
+/// Whether `fd` is readable (or hung up) by `until`.
+fn readable(fd: BorrowedFd<'_>, until: Instant) -> bool {
+    let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+    poll(&mut fds, deadline::poll_timeout(until)).unwrap_or(0) > 0
 }
 
 fn describe(found: &[Port]) -> String {
@@ -254,11 +275,24 @@ fn uevent_socket() -> std::result::Result<OwnedFd, String> {
     Ok(sock)
 }
 
-/// Waits until `until` for uevents and drains them; which event it was
-/// does not matter, since the caller rescans either way.
-fn wait_uevent(sock: &OwnedFd, until: Instant) {
-    let mut fds = [PollFd::new(sock.as_fd(), PollFlags::POLLIN)];
-    if poll(&mut fds, deadline::poll_timeout(until)).unwrap_or(0) > 0 {
+/// Waits until `until` for uevents (on `sock`, if there is one) or for
+/// `wake`, and drains the uevents; which event it was does not matter,
+/// since the caller rescans (and looks at `wake`) either way.
+fn wait_uevent(sock: Option<&OwnedFd>, wake: Option<BorrowedFd<'_>>, until: Instant) {
+    let mut fds: Vec<PollFd> = sock
+        .map(|s| s.as_fd())
+        .into_iter()
+        .chain(wake)
+        .map(|fd| PollFd::new(fd, PollFlags::POLLIN))
+        .collect();
+    let Some(sock) = sock else {
+        let _ = poll(&mut fds, deadline::poll_timeout(until));
+        return;
+    };
+    let woke = poll(&mut fds, deadline::poll_timeout(until)).unwrap_or(0) > 0;
+    let uevent = fds[0].revents().is_some_and(|r| !r.is_empty());
+    drop(fds);
+    if woke && uevent {
         let mut buf = [0u8; 8192];
         let fd = std::os::fd::AsRawFd::as_raw_fd(sock);
         while let Ok(n) = recv(fd, &mut buf, MsgFlags::MSG_DONTWAIT) {
