@@ -12,8 +12,12 @@
 #
 # dpkg-buildpackage writes its results next to the source tree, so it builds
 # a copy of the tracked (and new, not ignored) files under OUT_DIR/src
-# (OUT_DIR/src-ARCH for a cross build); the cargo build tree OUT_DIR/cargo
-# is kept between runs and shared by both. The unit tests run in
+# (OUT_DIR/src-ARCH for a cross build). Its cargo build tree is this
+# checkout's target/ (CARGO_TARGET_DIR overrides it): the crates it depends
+# on are then built once, for `cargo build --release --target ...` and the
+# tests as for the package, and only this crate is compiled again (its
+# source is at another path). On a fresh machine that is most of the
+# package build's time. The unit tests run in
 # `cargo test` already, so the package build skips them (nocheck).
 set -eu
 die() { echo "build-deb: $*" >&2; exit 1; }
@@ -54,7 +58,7 @@ git ls-files -z --cached --others --exclude-standard |
 
 cd "$src"
 # shellcheck disable=SC2086 # $cross is empty or two words
-CARGO_TARGET_DIR=$out/cargo DEB_BUILD_OPTIONS="nocheck ${DEB_BUILD_OPTIONS:-}" \
+CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$repo/target} DEB_BUILD_OPTIONS="nocheck ${DEB_BUILD_OPTIONS:-}" \
     dpkg-buildpackage -us -uc -b $cross >"$log" 2>&1 || {
     tail -n 40 "$log" >&2
     die "dpkg-buildpackage failed; full log: $log"
