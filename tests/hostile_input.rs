@@ -11,7 +11,7 @@ mod common;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::os::unix::net::UnixListener;
 use std::os::unix::process::ExitStatusExt;
@@ -19,8 +19,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use common::{code, run_guarded as run, stderr, stdout, Tree, BIN, GUARD, KEY_NEW as KEY, PORT};
-use nix::fcntl::{fcntl, FcntlArg};
+use common::{
+    code, left_in_pipe, run_guarded as run, stderr, stdout, Tree, BIN, GUARD, KEY_NEW as KEY, PORT,
+};
 use nix::sys::stat::Mode;
 
 const CMDLINE: &str = "type=secstorage name=s-1-VM";
@@ -49,23 +50,6 @@ fn closed_pipe() -> OwnedFd {
     let (read, write) = nix::unistd::pipe().unwrap();
     drop(read);
     write
-}
-
-/// Whatever is waiting in the FIFO `host` holds open (non-blocking).
-fn left_in_pipe(host: &File) -> Vec<u8> {
-    let fd = host.as_raw_fd();
-    let flags = fcntl(fd, FcntlArg::F_GETFL).unwrap();
-    let flags = nix::fcntl::OFlag::from_bits_truncate(flags) | nix::fcntl::OFlag::O_NONBLOCK;
-    fcntl(fd, FcntlArg::F_SETFL(flags)).unwrap();
-    let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    while let Ok(n) = (&*host).read(&mut buf) {
-        if n == 0 {
-            break;
-        }
-        out.extend_from_slice(&buf[..n]);
-    }
-    out
 }
 
 // ---------------------------------------------------------------------------
