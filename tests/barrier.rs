@@ -356,6 +356,7 @@ fn a_failed_flush_is_one_line_and_the_boot_goes_on() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{err}");
     assert!(err.contains("cannot flush the file"), "{err}");
+    assert!(err.contains("cannot flush the directory"), "{err}");
     assert!(err.contains("whole, fresh and valid"), "{err}");
     assert_eq!(
         fs::read_to_string(b.cmdline()).unwrap(),
@@ -621,18 +622,42 @@ fn a_world_writable_cmdline_is_released_mode_0644_saying_so() {
 }
 
 #[test]
-fn a_symlink_or_a_fifo_at_the_path_is_moved_aside_unread() {
-    for plant in ["symlink", "fifo"] {
+#[ignore = "needs root (chown); run by tests/run-all.sh"]
+fn a_cmdline_the_barrier_does_not_own_keeps_its_mode_with_a_warning() {
+    // Only the owner (or CAP_FOWNER, which the unit lacks) may change a
+    // file's mode: the barrier says it could not and releases the file.
+    use std::os::unix::fs::PermissionsExt;
+    assert!(running_as_root(), "run as root (chown)");
+    let b = Bench::new();
+    fs::write(b.cmdline(), "type=secstorage\n").unwrap();
+    fs::set_permissions(b.cmdline(), fs::Permissions::from_mode(0o666)).unwrap();
+    std::os::unix::fs::chown(b.cmdline(), Some(65534), Some(65534)).unwrap();
+    let out = barrier_as_the_unit(&b, "5").output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("warning: cannot make") && err.contains("mode 644 (it is 666)"),
+        "{err}"
+    );
+    assert!(err.contains("whole, fresh and valid"), "{err}");
+    let mode = fs::metadata(b.cmdline()).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode, 0o666);
+}
+
+#[test]
+fn a_symlink_a_fifo_or_a_directory_at_the_path_is_moved_aside_unread() {
+    for plant in ["symlink", "fifo", "directory"] {
         let b = Bench::new();
         let target = b.tree.root().join("elsewhere");
         fs::write(&target, "type=secstorage\n").unwrap();
         match plant {
             "symlink" => std::os::unix::fs::symlink(&target, b.cmdline()).unwrap(),
-            _ => nix::unistd::mkfifo(
+            "fifo" => nix::unistd::mkfifo(
                 &b.cmdline(),
                 nix::sys::stat::Mode::from_bits_truncate(0o644),
             )
             .unwrap(),
+            _ => fs::create_dir(b.cmdline()).unwrap(),
         }
         let (r, _) = result(&b.start(20.0, 5.0));
         let e = r.unwrap_err();
@@ -651,6 +676,7 @@ fn a_symlink_or_a_fifo_at_the_path_is_moved_aside_unread() {
             .symlink_metadata()
             .unwrap();
         assert_eq!(aside.file_type().is_symlink(), plant == "symlink");
+        assert_eq!(aside.is_dir(), plant == "directory");
         assert_eq!(fs::read_to_string(&target).unwrap(), "type=secstorage\n");
     }
 }
