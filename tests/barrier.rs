@@ -356,6 +356,7 @@ fn a_failed_flush_is_one_line_and_the_boot_goes_on() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{err}");
     assert!(err.contains("cannot flush the file"), "{err}");
+    assert!(err.contains("cannot flush the directory"), "{err}");
     assert!(err.contains("whole, fresh and valid"), "{err}");
     assert_eq!(
         fs::read_to_string(b.cmdline()).unwrap(),
@@ -372,6 +373,30 @@ fn barrier_process_command(b: &Bench, timeout: &str) -> std::process::Command {
         .arg(b.tree.cache())
         .args(["--timeout", timeout]);
     c
+}
+
+/// [`barrier_process_command`] with the capabilities the unit has: as root,
+/// under `setpriv` with the unit's bounding set
+/// (`CapabilityBoundingSet=CAP_SYS_PTRACE`), so that a file's mode and
+/// owner count as they do in the system VM (root's CAP_DAC_OVERRIDE reads a
+/// mode-0 file; CAP_FOWNER changes anyone's mode).
+fn barrier_as_the_unit(b: &Bench, timeout: &str) -> std::process::Command {
+    let plain = barrier_process_command(b, timeout);
+    if !running_as_root() {
+        return plain;
+    }
+    let mut c = std::process::Command::new("setpriv");
+    c.arg("--bounding-set=-all,+sys_ptrace")
+        .arg("--")
+        .arg(plain.get_program())
+        .args(plain.get_args())
+        .stdin(std::process::Stdio::null());
+    c
+}
+
+fn running_as_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata("/proc/self").unwrap().uid() == 0
 }
 
 /// [`barrier_process_command`] started, its stderr piped.
@@ -597,18 +622,42 @@ fn a_world_writable_cmdline_is_released_mode_0644_saying_so() {
 }
 
 #[test]
-fn a_symlink_or_a_fifo_at_the_path_is_moved_aside_unread() {
-    for plant in ["symlink", "fifo"] {
+#[ignore = "needs root (chown); run by tests/run-all.sh"]
+fn a_cmdline_the_barrier_does_not_own_keeps_its_mode_with_a_warning() {
+    // Only the owner (or CAP_FOWNER, which the unit lacks) may change a
+    // file's mode: the barrier says it could not and releases the file.
+    use std::os::unix::fs::PermissionsExt;
+    assert!(running_as_root(), "run as root (chown)");
+    let b = Bench::new();
+    fs::write(b.cmdline(), "type=secstorage\n").unwrap();
+    fs::set_permissions(b.cmdline(), fs::Permissions::from_mode(0o666)).unwrap();
+    std::os::unix::fs::chown(b.cmdline(), Some(65534), Some(65534)).unwrap();
+    let out = barrier_as_the_unit(&b, "5").output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("warning: cannot make") && err.contains("mode 644 (it is 666)"),
+        "{err}"
+    );
+    assert!(err.contains("whole, fresh and valid"), "{err}");
+    let mode = fs::metadata(b.cmdline()).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode, 0o666);
+}
+
+#[test]
+fn a_symlink_a_fifo_or_a_directory_at_the_path_is_moved_aside_unread() {
+    for plant in ["symlink", "fifo", "directory"] {
         let b = Bench::new();
         let target = b.tree.root().join("elsewhere");
         fs::write(&target, "type=secstorage\n").unwrap();
         match plant {
             "symlink" => std::os::unix::fs::symlink(&target, b.cmdline()).unwrap(),
-            _ => nix::unistd::mkfifo(
+            "fifo" => nix::unistd::mkfifo(
                 &b.cmdline(),
                 nix::sys::stat::Mode::from_bits_truncate(0o644),
             )
             .unwrap(),
+            _ => fs::create_dir(b.cmdline()).unwrap(),
         }
         let (r, _) = result(&b.start(20.0, 5.0));
         let e = r.unwrap_err();
@@ -627,8 +676,99 @@ fn a_symlink_or_a_fifo_at_the_path_is_moved_aside_unread() {
             .symlink_metadata()
             .unwrap();
         assert_eq!(aside.file_type().is_symlink(), plant == "symlink");
+        assert_eq!(aside.is_dir(), plant == "directory");
         assert_eq!(fs::read_to_string(&target).unwrap(), "type=secstorage\n");
     }
+}
+
+#[test]
+fn a_file_still_unreadable_at_the_deadline_is_moved_aside() {
+    // qemu-ga creates the file with mode 0 and gives it its mode just
+    // after; until then it counts as being written. One that stays so is
+    // never passed on.
+    use std::os::unix::fs::PermissionsExt;
+    let b = Bench::new();
+    fs::write(b.cmdline(), "type=secstorage\n").unwrap();
+    fs::set_permissions(b.cmdline(), fs::Permissions::from_mode(0o0)).unwrap();
+    let started = Instant::now();
+    let out = barrier_as_the_unit(&b, "1.5").output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(exit::DATA), "{err}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(1400),
+        "refused before the deadline: {err}"
+    );
+    assert!(
+        err.contains("still cannot be read (permission denied) after 1.5s"),
+        "{err}"
+    );
+    assert!(err.contains(REJECTED_FILE), "{err}");
+    assert!(!b.cmdline().exists());
+    let aside = fs::metadata(b.tree.cache().join(REJECTED_FILE)).unwrap();
+    assert_eq!(aside.len(), 16);
+}
+
+#[test]
+fn a_file_created_unreadable_then_written_and_closed_is_released() {
+    // What qemu-ga does: create the file mode 0, give it its mode, write,
+    // close. Unreadable is waited on, not refused.
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let b = Bench::new();
+    let mut w = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o0)
+        .open(b.cmdline())
+        .unwrap();
+    let barrier = barrier_as_the_unit(&b, "20")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    thread::sleep(Duration::from_millis(500));
+    w.set_permissions(fs::Permissions::from_mode(0o666))
+        .unwrap();
+    w.write_all(b"type=secstorage\n").unwrap();
+    drop(w);
+    let out = barrier.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("whole, fresh and valid (16 bytes)"), "{err}");
+}
+
+#[test]
+fn a_missing_cache_dir_is_made_0755_and_watched() {
+    // The unit's CacheDirectory= makes it first; run by hand, the barrier
+    // makes it (and its parents) and watches it from the start.
+    use std::os::unix::fs::PermissionsExt;
+    let b = Bench::new();
+    fs::remove_dir_all(b.tree.root().join("var")).unwrap();
+    let rx = b.start(20.0, 5.0);
+    let dir = fs::metadata(b.tree.cache()).unwrap();
+    assert!(dir.is_dir());
+    assert_eq!(dir.permissions().mode() & 0o7777, 0o755 & !umask());
+    not_yet(&rx, Duration::from_millis(300));
+    fs::write(b.cmdline(), "type=secstorage\n").unwrap();
+    let (r, _) = result(&rx);
+    assert!(
+        matches!(
+            r,
+            Ok(Released::Fresh {
+                bytes: 16,
+                since_close: Some(_)
+            })
+        ),
+        "{r:?}"
+    );
+}
+
+/// This process's umask (`Umask:` in /proc/self/status).
+fn umask() -> u32 {
+    let status = fs::read_to_string("/proc/self/status").unwrap();
+    let field = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Umask:"))
+        .unwrap();
+    u32::from_str_radix(field.trim(), 8).unwrap()
 }
 
 /// Sends `file`'s descriptor over `sock` (SCM_RIGHTS); until the other end

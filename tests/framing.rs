@@ -133,6 +133,31 @@ fn end_line_that_does_not_match_is_discarded_and_the_next_copy_stored() {
 }
 
 #[test]
+fn a_discarded_copy_is_answered_with_a_nak_and_the_stored_one_with_its_ack() {
+    // Without --no-ack, as in production: the replies go back into the
+    // FIFO. Both copies come in one read, so fetch stops reading at the
+    // good copy's end line and leaves its own replies there.
+    let t = Tree::with_port();
+    let good = framed(CMDLINE);
+    let mut bytes = good.clone();
+    let i = at(&bytes, b"s-1-VM") + 2;
+    bytes[i] = b'2';
+    bytes.extend_from_slice(&good);
+    let host = t.offer("vport0p1", &bytes);
+    let out = common::run_guarded(&mut t.fetch_acking(&[]));
+    let err = common::stderr(&out);
+    assert_stored(&t, common::code(&out), &err);
+    let replies = String::from_utf8(common::left_in_pipe(&host)).unwrap();
+    let replies: Vec<&str> = replies.split_inclusive('\n').collect();
+    assert_eq!(replies.len(), 2, "{replies:?}");
+    assert!(
+        replies[0].starts_with("nak:") && replies[0].contains("a cut or a corruption"),
+        "{replies:?}"
+    );
+    assert_eq!(replies[1], vport_bootargs::wire::ack_line(CMDLINE));
+}
+
+#[test]
 fn corrupted_copy_that_is_not_utf8_is_discarded_not_refused() {
     let t = Tree::with_port();
     let good = framed(CMDLINE);

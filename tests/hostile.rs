@@ -153,15 +153,20 @@ fn pubkey_that_is_not_an_openssh_key_exits_65_and_stores_nothing() {
 // Accepted but odd host data.
 
 #[test]
-fn two_cmdline_lines_the_later_wins() {
+fn two_cmdline_lines_the_later_wins_and_is_acked() {
     let t = Tree::with_port();
-    let _host = t.offer(
+    let host = t.offer(
         "vport0p1",
         b"cmdline:a=1 gen=first\ncmdline:a=2 gen=second\n",
     );
-    let out = t.fetch(&[]).output().unwrap();
+    // With the ack, as in production: it goes back into the FIFO.
+    let out = t.fetch_acking(&[]).output().unwrap();
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert_eq!(t.targets()[0].as_deref(), Some("a=2 gen=second\n"));
+    assert_eq!(
+        String::from_utf8(left_in_pipe(&host)).unwrap(),
+        vport_bootargs::wire::ack_line("a=2 gen=second")
+    );
 }
 
 #[test]

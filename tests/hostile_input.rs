@@ -11,7 +11,7 @@ mod common;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::os::unix::net::UnixListener;
 use std::os::unix::process::ExitStatusExt;
@@ -19,8 +19,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use common::{code, run_guarded as run, stderr, stdout, Tree, BIN, GUARD, KEY_NEW as KEY, PORT};
-use nix::fcntl::{fcntl, FcntlArg};
+use common::{
+    code, left_in_pipe, run_guarded as run, stderr, stdout, Tree, BIN, GUARD, KEY_NEW as KEY, PORT,
+};
 use nix::sys::stat::Mode;
 
 const CMDLINE: &str = "type=secstorage name=s-1-VM";
@@ -49,23 +50,6 @@ fn closed_pipe() -> OwnedFd {
     let (read, write) = nix::unistd::pipe().unwrap();
     drop(read);
     write
-}
-
-/// Whatever is waiting in the FIFO `host` holds open (non-blocking).
-fn left_in_pipe(host: &File) -> Vec<u8> {
-    let fd = host.as_raw_fd();
-    let flags = fcntl(fd, FcntlArg::F_GETFL).unwrap();
-    let flags = nix::fcntl::OFlag::from_bits_truncate(flags) | nix::fcntl::OFlag::O_NONBLOCK;
-    fcntl(fd, FcntlArg::F_SETFL(flags)).unwrap();
-    let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    while let Ok(n) = (&*host).read(&mut buf) {
-        if n == 0 {
-            break;
-        }
-        out.extend_from_slice(&buf[..n]);
-    }
-    out
 }
 
 // ---------------------------------------------------------------------------
@@ -140,10 +124,35 @@ fn stored_cmdline_that_is_a_fifo_or_a_link_to_dev_zero_is_refused_unread() {
             );
         }
     }
-    // fetch reads the port as on a first boot, and replaces the link.
+    // fetch warns, reads the port as on a first boot, and replaces the
+    // file.
     t.add_port("vport0p1", Some(PORT));
-    let out = fetch_stores_offer(&t, "vport0p1");
-    assert!(stderr(&out).contains("is a symlink"), "{}", stderr(&out));
+    for (plant, says) in [
+        ("fifo", "is a FIFO, not a regular file"),
+        ("/dev/zero", "is a symlink; refusing to follow it"),
+        ("nul", "holds a NUL byte"),
+        ("large", "is larger than 262144 bytes"),
+    ] {
+        fs::remove_file(&cmdline).ok();
+        match plant {
+            "fifo" => nix::unistd::mkfifo(&cmdline, Mode::from_bits_truncate(0o644)).unwrap(),
+            "/dev/zero" => std::os::unix::fs::symlink(plant, &cmdline).unwrap(),
+            "nul" => fs::write(&cmdline, "type=x\0y\n").unwrap(),
+            _ => fs::write(&cmdline, "a".repeat(256 * 1024 + 1)).unwrap(),
+        }
+        let out = fetch_stores_offer(&t, "vport0p1");
+        let warning = stderr(&out)
+            .lines()
+            .find(|l| l.contains("warning: bad stored data in"))
+            .map(str::to_owned);
+        assert!(
+            warning.as_ref().is_some_and(
+                |w| w.contains(says) && w.ends_with("reading the port as on a first boot")
+            ),
+            "{plant}: {}",
+            stderr(&out)
+        );
+    }
 }
 
 #[test]
@@ -451,6 +460,30 @@ fn leftover_temp_files_are_removed_by_a_run_that_stores_nothing() {
 
 // ---------------------------------------------------------------------------
 // Rendering.
+
+#[test]
+fn a_bad_prefix_or_a_prefix_without_format_env_is_refused_with_64() {
+    let t = Tree::new();
+    fs::create_dir_all(t.cache()).unwrap();
+    fs::write(t.cache().join("cmdline"), "type=a\n").unwrap();
+    let goes_with = "--prefix goes with --format env";
+    let shell_name = "must be a shell name ([A-Za-z_][A-Za-z0-9_]*) with a lower-case letter";
+    for (args, says) in [
+        (&["--prefix", "cs_"][..], goes_with),
+        (&["--format", "json", "--prefix", "cs_"], goes_with),
+        (&["--format", "env", "--prefix", "PATH"], shell_name),
+        (&["--format", "env", "--prefix", "1a"], shell_name),
+    ] {
+        let out = run(Command::new(BIN)
+            .arg("show")
+            .args(args)
+            .arg("--cache-dir")
+            .arg(t.cache()));
+        assert_eq!(code(&out), 64, "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains(says), "{args:?}: {}", stderr(&out));
+        assert_eq!(stdout(&out), "", "{args:?}");
+    }
+}
 
 #[test]
 fn show_env_leaves_out_shell_names_with_a_warning_and_prefix_keeps_them() {

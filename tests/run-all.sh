@@ -36,8 +36,8 @@ section "tests: unit, fake trees, send, hostile input (plain cargo test)"
 cargo test
 
 # #[ignore]d in plain `cargo test` because they need root.
-section "fake-tree tests that need root (mknod, tmpfs mounts)"
-cargo test --test fetch --test hostile -- --ignored
+section "fake-tree tests that need root (mknod, tmpfs mounts, chown)"
+cargo test --test fetch --test hostile --test barrier -- --ignored
 
 section "an earlier build of the helper against the framed message"
 cargo test --test framing -- --ignored

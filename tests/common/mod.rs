@@ -8,7 +8,7 @@
 #![allow(dead_code)]
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -153,8 +153,22 @@ impl Tree {
     }
 
     pub fn fetch_with(&self, cache: &Path, ssh: &Path, opts: &[(&str, &str)]) -> Command {
+        self.fetch_command(cache, ssh, opts, false)
+    }
+
+    /// [`Tree::fetch`] with the ack and the nak written back, as in
+    /// production: into the FIFO, where the host's end finds them
+    /// ([`left_in_pipe`]) once `fetch` has stopped reading.
+    pub fn fetch_acking(&self, opts: &[(&str, &str)]) -> Command {
+        self.fetch_command(&self.cache(), &self.ssh(), opts, true)
+    }
+
+    fn fetch_command(&self, cache: &Path, ssh: &Path, opts: &[(&str, &str)], ack: bool) -> Command {
         let mut c = self.cmd("fetch");
-        c.args(["--no-ack", "--fifo-stand-in"])
+        if !ack {
+            c.arg("--no-ack");
+        }
+        c.arg("--fifo-stand-in")
             .arg("--cache-dir")
             .arg(cache)
             .arg("--ssh-dir")
@@ -239,6 +253,22 @@ pub fn new_targets() -> [Option<String>; 3] {
         Some(format!("{KEY_NEW}\n")),
         Some(format!("{KEY_NEW}\n")),
     ]
+}
+
+/// Whatever is waiting in the FIFO `host` holds open (non-blocking).
+pub fn left_in_pipe(host: &File) -> Vec<u8> {
+    let fd = host.as_raw_fd();
+    let flags = OFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFL).unwrap());
+    fcntl(fd, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK)).unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = (&*host).read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
+    out
 }
 
 pub fn read(path: &Path) -> Option<String> {
