@@ -38,9 +38,8 @@
 
 use std::fs::{self, File};
 use std::io::{self, Read};
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -642,8 +641,8 @@ pub struct Watch {
     inotify: Inotify,
     dir: WatchDescriptor,
     node: Option<WatchDescriptor>,
-    /// Readable (a byte, or the other end closed) once the wait must end.
-    stop: Option<UnixStream>,
+    /// Readable (the other end closed) once the wait must end.
+    stop: Option<OwnedFd>,
 }
 
 #[derive(Debug)]
@@ -658,13 +657,21 @@ enum Event {
     AgentOpened,
 }
 
+/// A pipe whose read end (the first) becomes readable, hung up, once the
+/// write end is dropped: how one thread tells another that it is done. A
+/// pipe, not a socket pair, so that the job needs no AF_UNIX socket.
+pub(crate) fn closing_pair() -> Result<(OwnedFd, OwnedFd)> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| Error::io("cannot make", "a pipe", e.into()))
+}
+
 /// Ends a [`Watch`]'s wait from another thread: the watch's next (or
 /// current) wait returns an error, so the barrier returns without deciding.
-pub struct Stopper(UnixStream);
+pub struct Stopper(OwnedFd);
 
 impl Stopper {
     pub fn stop(self) {
-        // Dropping the stream is enough: the watch's end reads EOF.
+        // Dropping the pipe's write end is enough: the watch's end hangs up.
         drop(self.0);
     }
 }
@@ -713,8 +720,7 @@ impl Watch {
 
     /// A handle that ends this watch's waits from another thread.
     pub fn stopper(&mut self) -> Result<Stopper> {
-        let (mine, theirs) =
-            UnixStream::pair().map_err(|e| Error::io("cannot make", "a socket pair", e))?;
+        let (mine, theirs) = closing_pair()?;
         self.stop = Some(mine);
         Ok(Stopper(theirs))
     }

@@ -20,7 +20,6 @@
 //! the previous boot ended ([`shutdown`]): [`Rule`].
 
 use std::os::fd::AsFd;
-use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -126,8 +125,7 @@ pub fn boot(opts: &BootOptions) -> Result<Booted> {
     // closes `decided` when it returns): on a guest-agent-only host it
     // comes before the no-channel decision, and after a clean reboot at
     // once, which is all that boot waits for.
-    let (woken, decided) =
-        UnixStream::pair().map_err(|e| Error::io("cannot make", "a socket pair", e))?;
+    let (woken, decided) = barrier::closing_pair()?;
     let mut decided = Some(decided);
     let found = wait_for_port_seeing(
         &fopts.sysfs_root,

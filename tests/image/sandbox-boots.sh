@@ -15,7 +15,10 @@
 # (IPAddressDeny=), `no-netns` (PrivateNetwork=), `no-seccomp` (the settings
 # systemd enforces with seccomp filters), `no-mountns` (the settings that
 # need a mount namespace), `fs-only` (of those, only ProtectSystem=,
-# ReadWritePaths= and ProtectHome= kept), `no-ktunables`, `no-privatetmp`;
+# ReadWritePaths= and ProtectHome= kept), `no-ktunables`, `no-privatetmp`,
+# `no-devices` (DevicePolicy= and DeviceAllow=: the device cgroup),
+# `no-clock` (ProtectClock=), `no-filter` (SystemCallFilter= and
+# SystemCallArchitectures= alone);
 # `core` (the unit without what it adds to the system-call filter, the
 # capabilities and NoNewPrivileges=: PrivateNetwork=, the device cgroup,
 # ProtectClock=), `mountns` (the unit with the mount-namespace settings it
@@ -86,6 +89,9 @@ printf '[Service]\n%s\n' PrivateTmp=no ProtectKernelTunables=no ProtectKernelMod
     ProtectKernelLogs=no ProtectControlGroups=no ProtectProc=default ProcSubset=all \
     >"$work/fs-only.conf"
 printf '[Service]\nProtectKernelTunables=no\n' >"$work/no-ktunables.conf"
+printf '[Service]\n%s\n' DevicePolicy=auto DeviceAllow= >"$work/no-devices.conf"
+printf '[Service]\nProtectClock=no\n' >"$work/no-clock.conf"
+printf '[Service]\n%s\n' SystemCallFilter= SystemCallArchitectures= >"$work/no-filter.conf"
 printf '[Service]\nPrivateTmp=no\n' >"$work/no-privatetmp.conf"
 cp "$work/nosandbox.conf" "$work/none.conf"
 printf '[Service]\nExecStartPre=-/bin/sh -c %s\n' \
