@@ -18,7 +18,9 @@
 # ReadWritePaths= and ProtectHome= kept), `no-ktunables`, `no-privatetmp`,
 # `no-devices` (DevicePolicy= and DeviceAllow=: the device cgroup),
 # `no-clock` (ProtectClock=), `no-filter` (SystemCallFilter= and
-# SystemCallArchitectures= alone);
+# SystemCallArchitectures= alone), `lean` (the filter as a deny list, and
+# no RestrictRealtime=, ProtectClock=, LockPersonality=), `af-only` (of the
+# seccomp settings only RestrictAddressFamilies=);
 # `core` (the unit without what it adds to the system-call filter, the
 # capabilities and NoNewPrivileges=: PrivateNetwork=, the device cgroup,
 # ProtectClock=), `mountns` (the unit with the mount-namespace settings it
@@ -92,6 +94,13 @@ printf '[Service]\nProtectKernelTunables=no\n' >"$work/no-ktunables.conf"
 printf '[Service]\n%s\n' DevicePolicy=auto DeviceAllow= >"$work/no-devices.conf"
 printf '[Service]\nProtectClock=no\n' >"$work/no-clock.conf"
 printf '[Service]\n%s\n' SystemCallFilter= SystemCallArchitectures= >"$work/no-filter.conf"
+# The filter as a deny list, without the settings the capability bounding
+# set already covers (RestrictRealtime=, ProtectClock=, LockPersonality=).
+printf '[Service]\n%s\n' SystemCallFilter= \
+    'SystemCallFilter=~@clock @cpu-emulation @debug @module @mount @obsolete @privileged @raw-io @reboot @resources @swap' \
+    RestrictRealtime=no ProtectClock=no LockPersonality=no >"$work/lean.conf"
+# Of the seccomp settings, only RestrictAddressFamilies= kept.
+grep -v '^RestrictAddressFamilies=' "$work/no-seccomp.conf" >"$work/af-only.conf"
 printf '[Service]\nPrivateTmp=no\n' >"$work/no-privatetmp.conf"
 cp "$work/nosandbox.conf" "$work/none.conf"
 printf '[Service]\nExecStartPre=-/bin/sh -c %s\n' \
