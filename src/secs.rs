@@ -55,27 +55,33 @@ impl Secs {
 impl fmt::Display for Secs {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let d = self.0;
-        decimal(f, u128::from(d.as_secs()), d.subsec_nanos(), 9)
+        decimal(f, d.as_secs(), d.subsec_nanos(), 9)
     }
 }
 
 impl fmt::Display for Millis {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let d = self.0;
-        decimal(f, d.as_millis(), d.subsec_nanos() % 1_000_000, 6)
+        // A u64 (584 million years of milliseconds), not as_millis()'s
+        // u128: printing a u128 was 1.2 KB of the static binary.
+        let ms = d
+            .as_secs()
+            .saturating_mul(1000)
+            .saturating_add(u64::from(d.subsec_millis()));
+        decimal(f, ms, d.subsec_nanos() % 1_000_000, 6)
     }
 }
 
 /// Writes `whole.frac`, `frac` being `places` decimal digits, at the
 /// formatter's precision (else the shortest exact form), width and fill.
-fn decimal(f: &mut fmt::Formatter<'_>, mut whole: u128, frac: u32, places: usize) -> fmt::Result {
+fn decimal(f: &mut fmt::Formatter<'_>, mut whole: u64, frac: u32, places: usize) -> fmt::Result {
     // The decimals to print: `digits` of `frac`, then `zeros` zeros.
     let (frac, digits, zeros) = match f.precision() {
         Some(p) if p < places => {
             let step = 10u32.pow((places - p) as u32);
             let mut kept = frac / step + u32::from(frac % step >= step / 2);
             if kept == 10u32.pow(p as u32) {
-                whole += 1;
+                whole = whole.saturating_add(1);
                 kept = 0;
             }
             (kept, p, 0)
@@ -219,6 +225,23 @@ mod tests {
         assert_eq!(at(Duration::from_micros(999_960)), "1000.0 ms");
         assert_eq!(at(Duration::from_secs(3)), "3000.0 ms");
         assert_eq!(Millis(Duration::from_nanos(1_250_000)).to_string(), "1.25");
+    }
+
+    #[test]
+    fn the_longest_duration_saturates_instead_of_overflowing() {
+        // Rounding u64::MAX s up would overflow: it stays u64::MAX.
+        assert_eq!(
+            Secs(Duration::MAX).to_string(),
+            "18446744073709551615.999999999"
+        );
+        assert_eq!(
+            format!("{:.1}", Secs(Duration::MAX)),
+            "18446744073709551615.0"
+        );
+        assert_eq!(
+            format!("{:.0}", Millis(Duration::MAX)),
+            "18446744073709551615"
+        );
     }
 
     proptest::proptest! {

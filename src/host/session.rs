@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use nix::poll::PollFlags;
 
 use crate::error::{Error, Result};
-use crate::secs::Secs;
+use crate::secs::{Millis, Secs};
 use crate::wire::{digest_hex, encode, Message, Reply, ReplyScanner};
 use crate::{deadline, debug, info, warn};
 
@@ -119,7 +119,7 @@ impl Tries {
             info!(
                 "{}: {why}; trying again every {} ms until the deadline",
                 path.display(),
-                retry.as_millis()
+                Millis(retry)
             );
         } else {
             debug!("{}: {why} (attempt {})", path.display(), self.attempts);
