@@ -4,6 +4,8 @@
 use std::io;
 use std::path::PathBuf;
 
+use crate::secs::Secs;
+
 /// Exit codes (sysexits.h), documented in the README.
 // sysexits(3) values by name; the exitcode crate is these same constants.
 pub mod exit {
@@ -71,11 +73,11 @@ pub enum Error {
     NoPort {
         pattern: String,
         dir: PathBuf,
-        secs: f64,
+        secs: Secs,
     },
 
     #[error("no complete message arrived on port {name} within {secs} s")]
-    Timeout { name: String, secs: f64 },
+    Timeout { name: String, secs: Secs },
 
     #[error("bad data from the host on port {port}: {problem}")]
     BadData { port: String, problem: String },
@@ -141,14 +143,14 @@ pub enum Error {
     #[error(
         "the guest agent of domain {vm} did not connect within {secs} s (its channel is never state='connected'): is qemu-guest-agent installed and enabled in the template?"
     )]
-    AgentNotConnected { vm: String, secs: f64 },
+    AgentNotConnected { vm: String, secs: Secs },
 
     #[error(
         "the guest agent of domain {vm} was connected but did not answer within {secs} s: {detail}"
     )]
     AgentNotAnswering {
         vm: String,
-        secs: f64,
+        secs: Secs,
         detail: String,
     },
 
@@ -178,7 +180,7 @@ pub enum Error {
         "{path}: QEMU had not taken the message from the socket after {secs} s (the guest does not \
          hold its port open yet); closing, so QEMU drops it: nothing was delivered, send again"
     )]
-    NotTaken { path: PathBuf, secs: f64 },
+    NotTaken { path: PathBuf, secs: Secs },
 }
 
 impl Error {

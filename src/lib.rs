@@ -11,8 +11,9 @@
 //!   plain option structs cross into the library.
 //!
 //! Shared: [`error`] (one enum, one exit code per variant), [`log`],
-//! [`deadline`] (deadlines as poll timeouts), [`defaults`], [`files`] (reading
-//! small files that may be planted or broken).
+//! [`deadline`] (deadlines as poll timeouts), [`secs`] (spans of time as the
+//! command line and the messages write them), [`defaults`], [`files`]
+//! (reading small files that may be planted or broken).
 
 pub mod log;
 
@@ -24,6 +25,7 @@ pub mod error;
 pub mod files;
 pub mod guest;
 pub mod host;
+pub mod secs;
 pub mod wire;
 
 pub use error::{Error, Result};

@@ -13,6 +13,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::defaults;
 use crate::guest::ports::Selector;
+use crate::secs::Secs;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -98,11 +99,11 @@ pub struct BootArgs {
     pub fetch: FetchArgs,
     /// The cmdline file: seconds after qemu-ga opens its port to wait for a
     /// fresh one before keeping one from an earlier boot (with no shutdown record).
-    #[arg(long, value_name = "SECS", value_parser = secs, default_value_t = defaults::BARRIER_GRACE_SECS)]
-    pub file_grace: f64,
+    #[arg(long, value_name = "SECS", value_parser = Secs::parse, default_value_t = Secs(defaults::BARRIER_GRACE))]
+    pub file_grace: Secs,
     /// The cmdline file: seconds to wait for one written during this boot.
-    #[arg(long, value_name = "SECS", value_parser = secs, default_value_t = defaults::BARRIER_TIMEOUT_SECS)]
-    pub file_timeout: f64,
+    #[arg(long, value_name = "SECS", value_parser = Secs::parse, default_value_t = Secs(defaults::BARRIER_TIMEOUT))]
+    pub file_timeout: Secs,
     /// Where procfs is mounted (who holds the file or the port open).
     #[arg(long, value_name = "DIR", default_value = defaults::PROC_ROOT)]
     pub proc_root: PathBuf,
@@ -132,11 +133,11 @@ pub enum End {
 #[derive(Debug, Args)]
 pub struct BarrierArgs {
     /// Seconds to wait for a cmdline written during this boot.
-    #[arg(long, value_name = "SECS", value_parser = secs, default_value_t = defaults::BARRIER_TIMEOUT_SECS)]
-    pub timeout: f64,
+    #[arg(long, value_name = "SECS", value_parser = Secs::parse, default_value_t = Secs(defaults::BARRIER_TIMEOUT))]
+    pub timeout: Secs,
     /// When the cmdline is from an earlier boot: seconds after qemu-ga opens its port to wait for a fresh one before keeping it.
-    #[arg(long, value_name = "SECS", value_parser = secs, default_value_t = defaults::BARRIER_GRACE_SECS)]
-    pub grace: f64,
+    #[arg(long, value_name = "SECS", value_parser = Secs::parse, default_value_t = Secs(defaults::BARRIER_GRACE))]
+    pub grace: Secs,
     /// Directory of `cmdline`.
     #[arg(long, value_name = "DIR", default_value = defaults::CACHE_DIR)]
     pub cache_dir: PathBuf,
@@ -182,21 +183,21 @@ impl SelectArgs {
 #[derive(Debug, Args)]
 pub struct FetchArgs {
     /// Seconds to wait for a whole message once the port is open.
-    #[arg(long, value_name = "SECS", value_parser = secs, default_value_t = defaults::TIMEOUT_SECS)]
-    pub timeout: f64,
+    #[arg(long, value_name = "SECS", value_parser = Secs::parse, default_value_t = Secs(defaults::TIMEOUT))]
+    pub timeout: Secs,
     /// Seconds to wait for a matching port to appear.
-    #[arg(long, value_name = "SECS", value_parser = secs, default_value_t = defaults::PORT_TIMEOUT_SECS)]
-    pub port_timeout: f64,
+    #[arg(long, value_name = "SECS", value_parser = Secs::parse, default_value_t = Secs(defaults::PORT_TIMEOUT))]
+    pub port_timeout: Secs,
     /// When a cmdline is already stored (reboot): seconds to wait for fresh data before keeping it.
-    #[arg(long, value_name = "SECS", value_parser = secs, default_value_t = defaults::GRACE_SECS)]
-    pub grace: f64,
+    #[arg(long, value_name = "SECS", value_parser = Secs::parse, default_value_t = Secs(defaults::GRACE))]
+    pub grace: Secs,
     /// Seconds of quiet after a cmdline line, host still connected, that end the message.
-    #[arg(long, value_name = "SECS", value_parser = secs, default_value_t = defaults::SETTLE_SECS)]
-    pub settle: f64,
+    #[arg(long, value_name = "SECS", value_parser = Secs::parse, default_value_t = Secs(defaults::SETTLE))]
+    pub settle: Secs,
     /// Seconds the virtio ports must stay all named and unchanged, none matching,
     /// before the host counts as offering no channel (exit 0, nothing written).
-    #[arg(long, value_name = "SECS", value_parser = secs, default_value_t = defaults::NO_CHANNEL_AFTER_SECS)]
-    pub no_channel_after: f64,
+    #[arg(long, value_name = "SECS", value_parser = Secs::parse, default_value_t = Secs(defaults::NO_CHANNEL_AFTER))]
+    pub no_channel_after: Secs,
     /// Directory for `cmdline` and `authorized_keys`.
     #[arg(long, value_name = "DIR", default_value = defaults::CACHE_DIR)]
     pub cache_dir: PathBuf,
@@ -262,14 +263,14 @@ pub struct SendArgs {
     /// Stay connected until the guest acknowledges this cmdline, for at most
     /// SECS; a missing socket, a refused or dropped connection is retried
     /// every 200 ms, sending the message again on each new connection.
-    #[arg(long, value_name = "SECS", value_parser = secs)]
-    pub wait_ack: Option<f64>,
+    #[arg(long, value_name = "SECS", value_parser = Secs::parse)]
+    pub wait_ack: Option<Secs>,
     /// Without --wait-ack: wait at most SECS, before closing, for QEMU to take
     /// every byte from the socket (it does once the guest holds its port open,
     /// and drops what it has not taken when we close); exit 75 if it has not.
     /// The default fits the CloudStack agent's 5 s limit on the script.
-    #[arg(long, value_name = "SECS", value_parser = secs, default_value_t = defaults::WAIT_TAKEN_SECS)]
-    pub wait_taken: f64,
+    #[arg(long, value_name = "SECS", value_parser = Secs::parse, default_value_t = Secs(defaults::WAIT_TAKEN))]
+    pub wait_taken: Secs,
     /// In place of CloudStack's patch.sh (4.11.3 and later, no *.vport
     /// channel): write the cmdline to a file in the guest through the QEMU
     /// guest agent, with `virsh`, and read it back; exit 0 only when it
@@ -293,16 +294,6 @@ pub struct SendArgs {
     pub virsh: PathBuf,
     /// --guest-agent: the whole delivery's deadline, from the start until
     /// the read-back matched, waiting for the agent to connect included.
-    #[arg(long, value_name = "SECS", value_parser = secs, default_value_t = defaults::WAIT_AGENT_SECS, requires = "guest_agent")]
-    pub wait_agent: f64,
-}
-
-fn secs(s: &str) -> std::result::Result<f64, String> {
-    let v: f64 = s
-        .parse()
-        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
-    if !v.is_finite() || !(0.0..=86_400.0 * 365.0).contains(&v) {
-        return Err(format!("{s:?} is out of range (0 to one year)"));
-    }
-    Ok(v)
+    #[arg(long, value_name = "SECS", value_parser = Secs::parse, default_value_t = Secs(defaults::WAIT_AGENT), requires = "guest_agent")]
+    pub wait_agent: Secs,
 }

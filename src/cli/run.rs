@@ -3,7 +3,6 @@
 
 use std::io::{self, Write};
 use std::path::Path;
-use std::time::Duration;
 
 use super::render::{write_ports_json, write_ports_table};
 use super::{Cli, Command, End, FetchArgs, Format};
@@ -57,8 +56,8 @@ pub fn run(cli: Cli) -> Result<i32> {
                 proc_root: args.proc_root,
                 cache_dir: fetch.targets.cache_dir.clone(),
                 pattern: fetch.selector.pattern.clone(),
-                timeout: Duration::from_secs_f64(args.file_timeout),
-                grace: Duration::from_secs_f64(args.file_grace),
+                timeout: args.file_timeout.0,
+                grace: args.file_grace.0,
             };
             let opts = BootOptions {
                 fetch,
@@ -160,8 +159,8 @@ pub fn run(cli: Cli) -> Result<i32> {
                 proc_root: args.proc_root,
                 cache_dir: args.cache_dir,
                 pattern: args.pattern,
-                timeout: Duration::from_secs_f64(args.timeout),
-                grace: Duration::from_secs_f64(args.grace),
+                timeout: args.timeout.0,
+                grace: args.grace.0,
             };
             sandbox::restrict_job(&Access::for_barrier(&opts))?;
             barrier::barrier(&opts)?;
@@ -181,7 +180,7 @@ pub fn run(cli: Cli) -> Result<i32> {
                 text,
                 path: args.path,
                 virsh: args.virsh,
-                wait: Duration::from_secs_f64(args.wait_agent),
+                wait: args.wait_agent.0,
             })?;
             Ok(exit::OK)
         }
@@ -201,8 +200,8 @@ pub fn run(cli: Cli) -> Result<i32> {
                 cmdline: args.cmdline.unwrap_or_default(),
                 raw: args.raw,
                 pubkey_file: (!args.no_pubkey).then_some(args.pubkey_file),
-                wait_ack: args.wait_ack.map(Duration::from_secs_f64),
-                wait_taken: Duration::from_secs_f64(args.wait_taken),
+                wait_ack: args.wait_ack.map(|s| s.0),
+                wait_taken: args.wait_taken.0,
             };
             host::send(&host::resolve(&request)?)?;
             Ok(exit::OK)
@@ -222,11 +221,11 @@ fn fetch_options(sysfs_root: &Path, dev_root: &Path, args: FetchArgs) -> FetchOp
             cache_dir: args.cache_dir,
             ssh_dir: args.ssh_dir,
         },
-        timeout: Duration::from_secs_f64(args.timeout),
-        port_timeout: Duration::from_secs_f64(args.port_timeout),
-        grace: Duration::from_secs_f64(args.grace),
-        settle: Duration::from_secs_f64(args.settle),
-        no_channel_after: Duration::from_secs_f64(args.no_channel_after),
+        timeout: args.timeout.0,
+        port_timeout: args.port_timeout.0,
+        grace: args.grace.0,
+        settle: args.settle.0,
+        no_channel_after: args.no_channel_after.0,
         ack: !args.no_ack,
     }
 }

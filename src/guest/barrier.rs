@@ -437,7 +437,8 @@ pub fn hold(
                             since_close
                                 .map(|d| format!(
                                     ", {} us after its writer closed it",
-                                    d.as_micros()
+                                    // u64: printing a u128 costs 1.2 KB.
+                                    d.as_micros() as u64
                                 ))
                                 .unwrap_or_else(|| ", written before this started".into())
                         );

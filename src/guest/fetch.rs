@@ -7,8 +7,9 @@ use super::port::{Deadlines, PortReader, Received};
 use super::ports::{Port, Selector, GUEST_AGENT_PORT};
 use super::store::{self, Targets};
 use super::wait::{wait_for_port, Found};
-use crate::defaults::ARRIVING_QUIET_SECS;
+use crate::defaults::ARRIVING_QUIET;
 use crate::error::{Error, Result};
+use crate::secs::Secs;
 use crate::wire::{ack_line, Decoder};
 use crate::{deadline, info, warn};
 
@@ -110,7 +111,7 @@ pub(crate) fn say_no_channel(opts: &FetchOptions, what: &str) {
         "the host provides no channel matching {} ({what}, unchanged for {:.1} s); CloudStack \
          4.11.3 and later send the parameters through the QEMU guest agent instead",
         opts.selector.describe(),
-        opts.no_channel_after.as_secs_f64()
+        Secs(opts.no_channel_after)
     );
 }
 
@@ -118,7 +119,7 @@ pub(crate) fn no_port(opts: &FetchOptions) -> Error {
     Error::NoPort {
         pattern: opts.selector.describe(),
         dir: opts.sysfs_root.join("class/virtio-ports"),
-        secs: opts.port_timeout.as_secs_f64(),
+        secs: Secs(opts.port_timeout),
     }
 }
 
@@ -142,7 +143,7 @@ pub fn fetch_from(opts: &FetchOptions, port: &Port, reboot: bool) -> Result<Outc
     let deadlines = Deadlines {
         soft,
         hard,
-        quiet: Duration::from_secs_f64(ARRIVING_QUIET_SECS),
+        quiet: ARRIVING_QUIET,
         settle: opts.settle,
     };
     let message = match reader.receive(&mut decoder, &deadlines)? {
@@ -165,7 +166,7 @@ pub fn fetch_from(opts: &FetchOptions, port: &Port, reboot: bool) -> Result<Outc
                     }
                     return Err(Error::Timeout {
                         name: reader.label().to_owned(),
-                        secs: opts.timeout.as_secs_f64(),
+                        secs: Secs(opts.timeout),
                     });
                 }
             }

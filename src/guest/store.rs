@@ -21,7 +21,9 @@ use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::fcntl::{openat, renameat, AtFlags, Flock, FlockArg, OFlag};
@@ -30,8 +32,8 @@ use nix::unistd::{faccessat, unlinkat, AccessFlags, UnlinkatFlags};
 
 use crate::error::{Error, Result};
 use crate::files::{self, Refused};
-use crate::info;
 use crate::wire::{Message, MAX_MESSAGE};
+use crate::{deadline, info};
 
 pub const CMDLINE_FILE: &str = "cmdline";
 pub const AUTHORIZED_KEYS_FILE: &str = "authorized_keys";
@@ -387,19 +389,35 @@ fn lock(fd: OwnedFd, dir: &Path) -> Result<Flock<OwnedFd>> {
         "another process is storing in {}; waiting for it",
         dir.display()
     );
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(Flock::lock(fd, FlockArg::LockExclusive).map_err(|(_, e)| e));
+    // The answer comes back in a slot, and the thread waiting for it is
+    // unparked: parked with a timeout, it sleeps in the kernel (futex) until
+    // either. (A park and a Mutex, not an mpsc channel: the channel's code
+    // was 8 KB of the static binary; docs/packaging.md.)
+    let waiting = thread::current();
+    let answer = Arc::new(Mutex::new(None));
+    let slot = Arc::clone(&answer);
+    thread::spawn(move || {
+        let got = Flock::lock(fd, FlockArg::LockExclusive).map_err(|(_, e)| e);
+        *slot.lock().unwrap() = Some(got);
+        waiting.unpark();
     });
-    match rx.recv_timeout(LOCK_WAIT) {
-        Ok(Ok(locked)) => Ok(locked),
-        Ok(Err(e)) => Err(Error::io("cannot lock", dir, e.into())),
-        // The thread stays blocked in flock(); the process is about to exit.
-        Err(_) => Err(Error::Unavailable(format!(
-            "{} stayed locked by another process for {} s",
-            dir.display(),
-            LOCK_WAIT.as_secs()
-        ))),
+    let until = deadline::in_(LOCK_WAIT);
+    loop {
+        // park_timeout may also return early (spuriously, or for an
+        // earlier unpark): without an answer, park again.
+        if let Some(got) = answer.lock().unwrap().take() {
+            return got.map_err(|e| Error::io("cannot lock", dir, e.into()));
+        }
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            // The thread stays blocked in flock(); the process is about to exit.
+            return Err(Error::Unavailable(format!(
+                "{} stayed locked by another process for {} s",
+                dir.display(),
+                LOCK_WAIT.as_secs()
+            )));
+        }
+        thread::park_timeout(left);
     }
 }
 

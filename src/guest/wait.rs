@@ -25,6 +25,7 @@ use nix::sys::socket::{
 use super::ports::{self, Port, Selector};
 use crate::defaults::RESCAN_MS;
 use crate::error::{Error, Result};
+use crate::secs::Secs;
 use crate::{deadline, debug, info, warn};
 
 /// How the wait for a port ended.
@@ -114,7 +115,7 @@ pub fn wait_for_port_seeing(
             if last.is_some() {
                 debug!(
                     "ports after {:.3} s: {}",
-                    (now - start).as_secs_f64(),
+                    Secs(now - start),
                     describe(&found)
                 );
             }

@@ -30,6 +30,7 @@ use nix::poll::{poll, PollFd, PollFlags};
 
 use super::qga::{self, Channel};
 use crate::error::{Error, Result};
+use crate::secs::{Millis, Secs};
 use crate::wire::digest_hex;
 use crate::{deadline, debug, info, warn};
 
@@ -106,9 +107,9 @@ pub fn deliver(opts: &AgentOptions) -> Result<Delivered> {
             opts.vm,
             opts.path,
             &digest_hex(opts.text.as_bytes())[..16],
-            delivered.connected_after.as_secs_f64(),
-            delivered.confirmed_after.as_secs_f64(),
-            delivered.write_to_close.as_secs_f64() * 1000.0,
+            Secs(delivered.connected_after),
+            Secs(delivered.confirmed_after),
+            Millis(delivered.write_to_close),
             delivered.writes,
             delivered.processes,
         );
@@ -187,7 +188,7 @@ impl Delivery<'_> {
                     if Instant::now() >= self.until {
                         return Err(Error::AgentNotAnswering {
                             vm,
-                            secs: self.opts.wait.as_secs_f64(),
+                            secs: Secs(self.opts.wait),
                             detail: why,
                         });
                     }
@@ -241,7 +242,7 @@ impl Delivery<'_> {
             if Instant::now() >= self.until {
                 return Err(Error::AgentNotConnected {
                     vm,
-                    secs: self.opts.wait.as_secs_f64(),
+                    secs: Secs(self.opts.wait),
                 });
             }
             let next = deadline::in_(RECHECK).min(self.until);
@@ -308,7 +309,7 @@ impl Delivery<'_> {
         closed?;
         debug!(
             "guest-file-write and guest-file-close answered {:.1} ms after the write was sent",
-            window.as_secs_f64() * 1000.0
+            Millis(window)
         );
         Ok(window)
     }

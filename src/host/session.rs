@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use nix::poll::PollFlags;
 
 use crate::error::{Error, Result};
+use crate::secs::{Millis, Secs};
 use crate::wire::{digest_hex, encode, Message, Reply, ReplyScanner};
 use crate::{deadline, debug, info, warn};
 
@@ -81,7 +82,7 @@ fn send_once(path: &Path, bytes: &[u8], wait: Duration) -> Result<Outcome> {
                 "sent {} bytes to {}; QEMU took them all after {:.3} s (the guest holds its port open); closed",
                 bytes.len(),
                 path.display(),
-                after.as_secs_f64()
+                Secs(after)
             );
             Ok(Outcome::Taken {
                 bytes: bytes.len(),
@@ -94,7 +95,7 @@ fn send_once(path: &Path, bytes: &[u8], wait: Duration) -> Result<Outcome> {
         ))),
         Taken::NotYet => Err(Error::NotTaken {
             path: path.to_owned(),
-            secs: wait.as_secs_f64(),
+            secs: Secs(wait),
         }),
     }
 }
@@ -118,7 +119,7 @@ impl Tries {
             info!(
                 "{}: {why}; trying again every {} ms until the deadline",
                 path.display(),
-                retry.as_millis()
+                Millis(retry)
             );
         } else {
             debug!("{}: {why} (attempt {})", path.display(), self.attempts);
@@ -142,7 +143,7 @@ fn send_until_acked(opts: &SendOptions, bytes: &[u8], wait: Duration) -> Result<
     info!(
         "sending to {}; waiting up to {:.1} s for the guest's ack:{expected}",
         path.display(),
-        wait.as_secs_f64()
+        Secs(wait)
     );
     let mut tries = Tries::default();
     loop {
@@ -153,7 +154,7 @@ fn send_until_acked(opts: &SendOptions, bytes: &[u8], wait: Duration) -> Result<
                     let after = start.elapsed();
                     info!(
                         "the guest acknowledged the cmdline after {:.2} s ({} send(s))",
-                        after.as_secs_f64(),
+                        Secs(after),
                         tries.sends
                     );
                     return Ok(Outcome::Acked {
@@ -272,7 +273,7 @@ fn converse(
 }
 
 fn deadline_error(path: &Path, wait: Duration, expected: &str, tries: &Tries) -> Error {
-    let secs = wait.as_secs_f64();
+    let secs = Secs(wait);
     if let Some(wrong) = &tries.last_wrong {
         return Error::Protocol(format!(
             "{}: within {secs} s the guest acknowledged only other cmdlines (wrong acks: {}, the last for sha256 {wrong}), never this one (sha256 {expected})",
