@@ -83,9 +83,6 @@ pub fn wait_for_port_seeing(
     let mut last: Option<Vec<(String, Option<String>)>> = None;
     let mut changed = start;
     loop {
-        if wake.is_some_and(|fd| readable(fd, Instant::now())) {
-            return Ok(Found::Woken);
-        }
         let found = ports::scan(sysfs_root, dev_root, sel)
             .map_err(|e| Error::io("cannot scan", sysfs_root.join("class/virtio-ports"), e))?;
         if let Some(port) = ports::chosen(&found) {
@@ -147,14 +144,10 @@ pub fn wait_for_port_seeing(
         if none_offered.is_some() {
             until = until.min(deadline::after(changed, settled));
         }
-        wait_uevent(uevents.as_ref().ok(), wake, until);
+        if wait_uevent(uevents.as_ref().ok(), wake, until) {
+            return Ok(Found::Woken);
+        }
     }
-}
-
-/// Whether `fd` is readable (or hung up) by `until`.
-fn readable(fd: BorrowedFd<'_>, until: Instant) -> bool {
-    let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
-    poll(&mut fds, deadline::poll_timeout(until)).unwrap_or(0) > 0
 }
 
 fn describe(found: &[Port]) -> String {
@@ -278,21 +271,23 @@ fn uevent_socket() -> std::result::Result<OwnedFd, String> {
 
 /// Waits until `until` for uevents (on `sock`, if there is one) or for
 /// `wake`, and drains the uevents; which event it was does not matter,
-/// since the caller rescans (and looks at `wake`) either way.
-fn wait_uevent(sock: Option<&OwnedFd>, wake: Option<BorrowedFd<'_>>, until: Instant) {
-    let mut fds: Vec<PollFd> = sock
-        .map(|s| s.as_fd())
+/// since the caller rescans either way. True once `wake` is readable.
+fn wait_uevent(sock: Option<&OwnedFd>, wake: Option<BorrowedFd<'_>>, until: Instant) -> bool {
+    let mut fds: Vec<PollFd> = wake
         .into_iter()
-        .chain(wake)
+        .chain(sock.map(|s| s.as_fd()))
         .map(|fd| PollFd::new(fd, PollFlags::POLLIN))
         .collect();
-    let Some(sock) = sock else {
-        let _ = poll(&mut fds, deadline::poll_timeout(until));
-        return;
-    };
     let woke = poll(&mut fds, deadline::poll_timeout(until)).unwrap_or(0) > 0;
-    let uevent = fds[0].revents().is_some_and(|r| !r.is_empty());
+    let ready = |f: &PollFd| f.revents().is_some_and(|r| !r.is_empty());
+    if woke && wake.is_some() && ready(&fds[0]) {
+        return true;
+    }
+    let uevent = fds.last().is_some_and(ready);
     drop(fds);
+    let Some(sock) = sock else {
+        return false;
+    };
     if woke && uevent {
         let mut buf = [0u8; 8192];
         let fd = std::os::fd::AsRawFd::as_raw_fd(sock);
@@ -309,4 +304,5 @@ fn wait_uevent(sock: Option<&OwnedFd>, wake: Option<BorrowedFd<'_>>, until: Inst
             }
         }
     }
+    false
 }
