@@ -233,3 +233,24 @@ fn boot_and_record_shutdown_take_their_options_and_refuse_bad_ones_with_64() {
         "{err}"
     );
 }
+
+#[test]
+fn a_seconds_value_that_is_not_digits_with_one_point_is_a_usage_error() {
+    let t = Tree::new();
+    for (v, why) in [
+        ("1e3", "is not a number of seconds"),
+        ("+5", "is not a number of seconds"),
+        ("-1", "is not a number of seconds"),
+        ("1.2.3", "is not a number of seconds"),
+        ("31536001", "is out of range (0 to one year)"),
+    ] {
+        let (code, out, err) = run(t.cmd("fetch").arg(format!("--timeout={v}")));
+        assert_eq!(code, 64, "{v}: {err}");
+        assert!(out.is_empty(), "{v}: {out}");
+        assert!(
+            err.contains(&format!("invalid value '{v}' for '--timeout <SECS>'"))
+                && err.contains(why),
+            "{v}: {err}"
+        );
+    }
+}
