@@ -9,12 +9,14 @@
 //! is whole, fresh and valid ([`openers`] tells who has it open). [`boot`]
 //! is the one boot job that runs both sides at once, taking from
 //! [`shutdown`] how the previous boot ended. Each job first restricts
-//! itself to the paths it needs ([`sandbox`]).
+//! itself to the paths it needs ([`sandbox`]) and to the system calls it
+//! makes ([`filter`]).
 
 pub mod barrier;
 pub mod boot;
 pub mod cmdline;
 pub mod fetch;
+pub mod filter;
 pub mod openers;
 pub mod pattern;
 pub mod port;

@@ -274,7 +274,8 @@ fn landlock_error(call: &'static str, source: io::Error) -> Error {
     )
 }
 
-/// Restricts the job and says how, once, at debug level when enforced and
+/// Restricts the job to its paths (Landlock) and to its system calls
+/// ([`super::filter`]), and says how, once, at debug level when enforced and
 /// as a warning when this kernel cannot.
 pub fn restrict_job(access: &Access) -> Result<()> {
     match restrict(access)? {
@@ -286,6 +287,14 @@ pub fn restrict_job(access: &Access) -> Result<()> {
         ),
         Restricted::Unsupported => crate::warn!(
             "this kernel has no Landlock (not built in, or not in lsm=): running without the restriction to its paths"
+        ),
+    }
+    match super::filter::install()? {
+        super::filter::Filtered::Enforced { len } => crate::debug!(
+            "restricted to the system calls it makes ({len} instructions of seccomp filter)"
+        ),
+        super::filter::Filtered::Unsupported => crate::warn!(
+            "this kernel has no seccomp filters: running without the system-call filter"
         ),
     }
     Ok(())
