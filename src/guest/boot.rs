@@ -5,22 +5,27 @@
 //! - The watch on the cmdline's directory is set up before anything else,
 //!   so that a write made through qemu-ga while the ports are still being
 //!   named is an event, never missed.
-//! - This thread waits for a `*.vport` port ([`wait`]). As soon as a scan
+//! - A thread waits for a `*.vport` port ([`wait`]). As soon as a scan
 //!   shows every port named, the guest agent's among them, and no `*.vport`
 //!   port, a second thread holds on the cmdline file ([`barrier::hold`]),
-//!   without waiting for the no-channel decision.
+//!   without waiting for the no-channel decision. The job's own thread
+//!   takes whichever ends first.
 //! - A `*.vport` port wins: the file's thread is stopped (its watch's wait
 //!   ends; it never decides after that), and [`fetch`] stores what the
 //!   port brings. The file thread's decision is the job's, and ends it as
 //!   soon as it comes, without the no-channel decision (the ports named
-//!   and unchanged for `--no-channel-after`): after a clean reboot that is
-//!   at once. Neither port: nothing can send, and the job ends.
+//!   and unchanged for `--no-channel-after`) and without the end of a scan
+//!   under way (its sysfs reads take up to 0.6 s under TCG): after a clean
+//!   reboot that is at once. The port thread is left to end at its next
+//!   poll ([`Found::Woken`]); whatever it finds then is not acted on.
+//!   Neither port: nothing can send, and the job ends.
 //!
 //! How long a stored cmdline waits for fresh parameters follows from how
 //! the previous boot ended ([`shutdown`]): [`Rule`].
 
 use std::os::fd::AsFd;
 use std::path::PathBuf;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -119,51 +124,75 @@ pub fn boot(opts: &BootOptions) -> Result<Booted> {
     bopts.cache_dir = cache_dir.clone();
     bopts.grace = rule.grace(bopts.grace, bopts.timeout);
 
-    let mut watch = Some(watch);
-    let mut file_side: Option<(JoinHandle<Result<Released>>, String)> = None;
-    // The file side's decision ends the port wait at once (the file side
-    // closes `decided` when it returns): on a guest-agent-only host it
-    // comes before the no-channel decision, and after a clean reboot at
-    // once, which is all that boot waits for.
+    // The port wait has a thread of its own, and this one takes the first
+    // of its result and the file side's decision: a sysfs scan under way
+    // when the file side decides (ports::scan and the console devices'
+    // reads, up to 0.6 s under TCG) must not hold the job until it ends.
+    let sides = Arc::new(Sides::default());
+    // The file side also closes `decided` when it returns, which ends the
+    // port wait at its next poll (Found::Woken): the port thread, left to
+    // end on its own, does not scan on until the port timeout.
     let (woken, decided) = barrier::closing_pair()?;
-    let mut decided = Some(decided);
-    let found = wait_for_port_seeing(
-        &fopts.sysfs_root,
-        &fopts.dev_root,
-        &fopts.selector,
-        deadline::after(start, fopts.port_timeout),
-        fopts.no_channel_after,
-        &mut |ports: &[Port]| {
-            // Every port named and none matching: QEMU names all ports
-            // within milliseconds of each other, so this comes long
-            // before the no-channel decision, and a vport port still
-            // unnamed never lets the file side start (and speak) first.
-            if ports.iter().any(|p| p.name.is_none()) {
-                return;
-            }
-            let Some(agent) = ports.iter().find(|p| p.verdict == Verdict::GuestAgent) else {
-                return;
-            };
-            let Some(mut watch) = watch.take() else {
-                return;
-            };
-            debug!(
-                "every port is named, {GUEST_AGENT_PORT} ({}) among them, and none matches {}: watching the cmdline file",
-                agent.entry,
-                fopts.selector.describe()
+    {
+        let sides = Arc::clone(&sides);
+        let fopts = fopts.clone();
+        let mut watch = Some(watch);
+        let mut decided = Some(decided);
+        thread::spawn(move || {
+            let _failed = SaysFailed(&sides);
+            let found = wait_for_port_seeing(
+                &fopts.sysfs_root,
+                &fopts.dev_root,
+                &fopts.selector,
+                deadline::after(start, fopts.port_timeout),
+                fopts.no_channel_after,
+                &mut |ports: &[Port]| {
+                    // Every port named and none matching: QEMU names all
+                    // ports within milliseconds of each other, so this
+                    // comes long before the no-channel decision, and a
+                    // vport port still unnamed never lets the file side
+                    // start (and speak) first.
+                    if ports.iter().any(|p| p.name.is_none()) {
+                        return;
+                    }
+                    let Some(agent) = ports.iter().find(|p| p.verdict == Verdict::GuestAgent)
+                    else {
+                        return;
+                    };
+                    let Some(mut watch) = watch.take() else {
+                        return;
+                    };
+                    debug!(
+                        "every port is named, {GUEST_AGENT_PORT} ({}) among them, and none matches {}: watching the cmdline file",
+                        agent.entry,
+                        fopts.selector.describe()
+                    );
+                    let (agent, bopts) = (agent.clone(), bopts.clone());
+                    let entry = agent.entry.clone();
+                    let decided = decided.take();
+                    // Spawned under the lock that the file thread takes to
+                    // say it decided: its handle is stored before then.
+                    let mut told = sides.lock();
+                    let file_sides = Arc::clone(&sides);
+                    let handle = thread::spawn(move || {
+                        let released =
+                            barrier::hold(&bopts, &mut watch, &agent, start, rule.keep());
+                        file_sides.tell(First::File);
+                        drop(decided);
+                        released
+                    });
+                    told.file = Some((handle, entry));
+                },
+                Some(woken.as_fd()),
             );
-            let (agent, bopts) = (agent.clone(), bopts.clone());
-            let entry = agent.entry.clone();
-            let decided = decided.take();
-            let handle = thread::spawn(move || {
-                let released = barrier::hold(&bopts, &mut watch, &agent, start, rule.keep());
-                drop(decided);
-                released
-            });
-            file_side = Some((handle, entry));
-        },
-        Some(woken.as_fd()),
-    );
+            sides.tell(First::Ports(found));
+        });
+    }
+    let (first, file_side) = sides.first();
+    let found = match first {
+        First::File => return file_side.map_or_else(unbegun, |(handle, _)| joined(handle)),
+        First::Ports(found) => found,
+    };
     let found = match found {
         Ok(found) => found,
         Err(e) => {
@@ -197,11 +226,11 @@ pub fn boot(opts: &BootOptions) -> Result<Booted> {
             fetch::say_no_channel(&fopts, &what);
             joined(handle)
         }
+        // The file side closed `decided` without saying it decided: its
+        // thread panicked (joined says so).
         (Found::Woken, Some((handle, _))) => joined(handle),
         // Only the file side closes `decided`, so there is one.
-        (Found::Woken, None) => Err(Error::Unavailable(
-            "the wait on the cmdline file ended before it began".into(),
-        )),
+        (Found::Woken, None) => unbegun(),
         (Found::TimedOut, Some((handle, entry))) => {
             debug!(
                 "the ports did not settle within {:?}; {GUEST_AGENT_PORT} ({entry}) is there, so the cmdline file decides",
@@ -227,6 +256,77 @@ pub fn boot(opts: &BootOptions) -> Result<Booted> {
         }
         (Found::TimedOut, None) => Err(fetch::no_port(&fopts)),
     }
+}
+
+/// What the port thread and the file thread tell the job's thread.
+#[derive(Default)]
+struct Sides {
+    told: Mutex<Told>,
+    came: Condvar,
+}
+
+/// The file side's thread and the guest agent's port entry.
+type FileSide = (JoinHandle<Result<Released>>, String);
+
+#[derive(Default)]
+struct Told {
+    /// Once the file side is started.
+    file: Option<FileSide>,
+    /// Whichever came first; what comes after is not looked at.
+    first: Option<First>,
+}
+
+enum First {
+    /// The file side's wait returned (decided, or failed): what its
+    /// thread returns is the job's.
+    File,
+    /// The port wait ended.
+    Ports(Result<Found>),
+}
+
+impl Sides {
+    // A thread that panicked holding the lock left nothing half-done in
+    // `Told` (each change is one assignment), so a poisoned lock is taken.
+    fn lock(&self) -> MutexGuard<'_, Told> {
+        self.told.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn tell(&self, what: First) {
+        self.lock().first.get_or_insert(what);
+        self.came.notify_one();
+    }
+
+    /// Waits for the first word, and takes the file side's thread.
+    fn first(&self) -> (First, Option<FileSide>) {
+        let mut told = self.lock();
+        loop {
+            if let Some(first) = told.first.take() {
+                return (first, told.file.take());
+            }
+            told = self.came.wait(told).unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+}
+
+/// Says that the port wait failed if its thread panics before it says how
+/// the wait ended (tests unwind; the release build aborts), so that the
+/// job's thread does not wait for a word that never comes.
+struct SaysFailed<'a>(&'a Sides);
+
+impl Drop for SaysFailed<'_> {
+    fn drop(&mut self) {
+        if thread::panicking() {
+            self.0.tell(First::Ports(Err(Error::Unavailable(
+                "the wait for a port failed".into(),
+            ))));
+        }
+    }
+}
+
+fn unbegun() -> Result<Booted> {
+    Err(Error::Unavailable(
+        "the wait on the cmdline file ended before it began".into(),
+    ))
 }
 
 fn joined(handle: JoinHandle<Result<Released>>) -> Result<Booted> {
