@@ -73,6 +73,8 @@ enum Must {
     Set(u32, u32),
     /// Equal to this.
     Eq(u32, u32),
+    /// This process's id.
+    OwnPid(u32),
 }
 
 const PROT_EXEC: u32 = libc::PROT_EXEC as u32;
@@ -85,8 +87,16 @@ const NEW_NAMESPACES: u32 = (libc::CLONE_NEWNS
     | libc::CLONE_NEWNET
     | libc::CLONE_NEWCGROUP) as u32;
 
+/// System-call numbers as u16 (all are below 1024 on both targets):
+/// a quarter of the space of `c_long`s in the binary.
+macro_rules! numbers {
+    ($($(#[$m:meta])* $nr:path,)*) => {
+        &[$($(#[$m])* ($nr as u16),)*]
+    };
+}
+
 /// The calls allowed whatever their arguments.
-const PLAIN: &[libc::c_long] = &[
+const PLAIN: &[u16] = numbers![
     // Files and directories (Landlock decides where).
     libc::SYS_read,
     libc::SYS_write,
@@ -193,36 +203,51 @@ const PLAIN: &[libc::c_long] = &[
 ];
 
 /// The calls allowed only with some arguments, and the error otherwise.
-fn checked(pid: u32) -> Vec<(libc::c_long, Vec<Must>, u32)> {
-    let eperm = errno(libc::EPERM);
-    #[allow(unused_mut)] // aarch64 adds nothing
-    let mut v = vec![
-        (libc::SYS_mmap, vec![Must::Clear(2, PROT_EXEC)], eperm),
-        (libc::SYS_mprotect, vec![Must::Clear(2, PROT_EXEC)], eperm),
-        (
-            libc::SYS_clone,
-            vec![
-                Must::Set(0, libc::CLONE_THREAD as u32),
-                Must::Clear(0, NEW_NAMESPACES),
-            ],
-            eperm,
-        ),
-        (
-            libc::SYS_socket,
-            vec![
-                Must::Eq(0, libc::AF_NETLINK as u32),
-                Must::Eq(2, libc::NETLINK_KOBJECT_UEVENT as u32),
-            ],
-            errno(libc::EAFNOSUPPORT),
-        ),
-        (libc::SYS_tgkill, vec![Must::Eq(0, pid)], eperm),
-        (libc::SYS_openat, vec![Must::Clear(3, SUID_SGID)], eperm),
-        (libc::SYS_fchmod, vec![Must::Clear(1, SUID_SGID)], eperm),
-    ];
+const CHECKED: &[(u16, &[Must], i32)] = &[
+    (
+        libc::SYS_mmap as u16,
+        &[Must::Clear(2, PROT_EXEC)],
+        libc::EPERM,
+    ),
+    (
+        libc::SYS_mprotect as u16,
+        &[Must::Clear(2, PROT_EXEC)],
+        libc::EPERM,
+    ),
+    (
+        libc::SYS_clone as u16,
+        &[
+            Must::Set(0, libc::CLONE_THREAD as u32),
+            Must::Clear(0, NEW_NAMESPACES),
+        ],
+        libc::EPERM,
+    ),
+    (
+        libc::SYS_socket as u16,
+        &[
+            Must::Eq(0, libc::AF_NETLINK as u32),
+            Must::Eq(2, libc::NETLINK_KOBJECT_UEVENT as u32),
+        ],
+        libc::EAFNOSUPPORT,
+    ),
+    (libc::SYS_tgkill as u16, &[Must::OwnPid(0)], libc::EPERM),
+    (
+        libc::SYS_openat as u16,
+        &[Must::Clear(3, SUID_SGID)],
+        libc::EPERM,
+    ),
+    (
+        libc::SYS_fchmod as u16,
+        &[Must::Clear(1, SUID_SGID)],
+        libc::EPERM,
+    ),
     #[cfg(target_arch = "x86_64")]
-    v.push((libc::SYS_open, vec![Must::Clear(2, SUID_SGID)], eperm));
-    v
-}
+    (
+        libc::SYS_open as u16,
+        &[Must::Clear(2, SUID_SGID)],
+        libc::EPERM,
+    ),
+];
 
 fn stmt(code: u16, k: u32) -> libc::sock_filter {
     libc::sock_filter {
@@ -254,24 +279,25 @@ fn program(pid: u32) -> Vec<libc::sock_filter> {
         ]);
     }
     for &nr in PLAIN {
-        p.extend([jump(JEQ_K, nr as u32, 0, 1), stmt(RET_K, ALLOW)]);
+        p.extend([jump(JEQ_K, nr.into(), 0, 1), stmt(RET_K, ALLOW)]);
     }
-    for (nr, musts, denied) in checked(pid) {
+    for &(nr, musts, denied) in CHECKED {
         // Each test loads its argument and jumps to the error when it
         // fails; after the last, the allow. Every path ends in a return,
         // so the number need not be loaded again.
         let n = musts.len();
-        p.push(jump(JEQ_K, nr as u32, 0, (2 * n + 2) as u8));
+        p.push(jump(JEQ_K, nr.into(), 0, (2 * n + 2) as u8));
         for (i, m) in musts.iter().enumerate() {
             let fail = (2 * (n - i) - 1) as u8;
             let (idx, test) = match *m {
                 Must::Clear(a, bits) => (a, jump(JSET_K, bits, fail, 0)),
                 Must::Set(a, bits) => (a, jump(JSET_K, bits, 0, fail)),
                 Must::Eq(a, v) => (a, jump(JEQ_K, v, 0, fail)),
+                Must::OwnPid(a) => (a, jump(JEQ_K, pid, 0, fail)),
             };
             p.extend([stmt(LD_W_ABS, arg(idx)), test]);
         }
-        p.extend([stmt(RET_K, ALLOW), stmt(RET_K, denied)]);
+        p.extend([stmt(RET_K, ALLOW), stmt(RET_K, errno(denied))]);
     }
     p.push(stmt(RET_K, errno(libc::ENOSYS)));
     p
